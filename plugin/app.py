@@ -1,0 +1,53 @@
+"""The Flask app factory.
+
+Resources (settings, Redis, the clock) are made once here and kept on ``app.extensions``;
+blueprints read them from there, never from module globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from flask import Flask, current_app, jsonify
+
+from .clock import Clock, DevClock, SystemClock
+from .connections import connect
+from .settings import Settings
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    redis: redis.Redis
+    clock: Clock
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    conn: redis.Redis | None = None,
+    clock: Clock | None = None,
+) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = settings.api_secret
+    app.config["MAX_CONTENT_LENGTH"] = 5 * 1024 * 1024
+    conn = conn or connect(settings.redis_url)
+    if clock is None:
+        clock = DevClock(conn) if settings.dev_clock else SystemClock()
+    app.extensions["kizuna"] = Resources(settings=settings, redis=conn, clock=clock)
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        resources().redis.ping()
+        return jsonify(ok=True)
+
+    return app
+
+
+def resources() -> Resources:
+    """The current app's resources (inside a request or app context)."""
+    res: Resources = current_app.extensions["kizuna"]
+    return res

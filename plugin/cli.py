@@ -1,0 +1,166 @@
+"""The ``kizuna`` command: web, worker, devstore, run, clock, tick, rebuild."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import isodate
+
+from crm.errors import ConfigError
+
+from .logs import configure
+from .settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kizuna", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    web = sub.add_parser("web", help="serve the app with gunicorn")
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=8080)
+    web.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", 2)))
+    web.add_argument("--threads", type=int, default=4)
+
+    wrk = sub.add_parser("worker", help="run an RQ worker on Kizuna's queues")
+    wrk.add_argument("--burst", action="store_true", help="process what is queued, then exit")
+    wrk.add_argument("queues", nargs="*", help="queues to listen on (default: all)")
+
+    dev = sub.add_parser("devstore", help="run the local Shopify stand-in")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8081)
+    dev.add_argument("action", nargs="?", choices=["serve", "seed"], default="serve")
+
+    run = sub.add_parser("run", help="devstore, web app and worker together (development)")
+    run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--devstore-port", type=int, default=8081)
+
+    clock = sub.add_parser("clock", help="move the development clock (KIZUNA_DEV_CLOCK=1)")
+    clock.add_argument("action", choices=["set", "advance", "show"])
+    clock.add_argument("value", nargs="?", help="an ISO time (set) or ISO 8601 duration (advance)")
+
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"kizuna: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure(production=settings.production)
+    handler = {
+        "web": _web,
+        "worker": _worker,
+        "devstore": _devstore,
+        "run": _run,
+        "clock": _clock,
+    }[args.command]
+    try:
+        return handler(settings, args)
+    except ConfigError as exc:
+        print(f"kizuna: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _web(settings: Settings, args: argparse.Namespace) -> int:
+    from .connections import check_durable, connect
+
+    if settings.production:
+        check_durable(connect(settings.redis_url))
+    cmd = [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"{args.host}:{args.port}",
+        "--workers", str(args.workers),
+        "--threads", str(args.threads),
+        "--access-logfile", "-" if not settings.production else "/dev/null",
+        "plugin.wsgi:app",
+    ]  # fmt: skip
+    os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from rq import Worker
+    from rq.serializers import JSONSerializer
+
+    from worker.queues import ALL_QUEUES, get_queue
+
+    from .connections import check_durable, connect
+
+    conn = connect(settings.redis_url)
+    if settings.production:
+        check_durable(conn)
+    queues = [get_queue(conn, name) for name in (args.queues or ALL_QUEUES)]
+    worker = Worker(queues, connection=conn, serializer=JSONSerializer)
+    worker.work(burst=args.burst, with_scheduler=True)
+    return 0
+
+
+def _devstore(settings: Settings, args: argparse.Namespace) -> int:
+    from devstore.server import main as devstore_main
+
+    return devstore_main(settings, args)
+
+
+def _clock(settings: Settings, args: argparse.Namespace) -> int:
+    from .clock import DevClock
+    from .connections import connect
+
+    if not settings.dev_clock:
+        raise ConfigError("KIZUNA_DEV_CLOCK: set KIZUNA_DEV_CLOCK=1 to move the clock")
+    clock = DevClock(connect(settings.redis_url))
+    if args.action == "set":
+        clock.set(datetime.fromisoformat(_need(args.value, "an ISO time")))
+    elif args.action == "advance":
+        clock.advance(isodate.parse_duration(_need(args.value, "an ISO 8601 duration")))
+    print(clock.now().isoformat())
+    return 0
+
+
+def _need(value: str | None, what: str) -> str:
+    if not value:
+        raise ConfigError(f"clock: give {what}")
+    return value
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    """Start everything for development on one (embedded, unless REDIS_URL) Redis."""
+    from .connections import embedded_url
+
+    env = dict(os.environ)
+    env.setdefault("KIZUNA_DEV_CLOCK", "1")
+    env.setdefault("SHOPIFY_APP_URL", f"http://127.0.0.1:{args.port}")
+    env.setdefault("KIZUNA_SHOPIFY_ORIGIN", f"http://127.0.0.1:{args.devstore_port}/store/{{shop}}")
+    if not settings.redis_url:
+        env["REDIS_URL"] = embedded_url()
+    kizuna = [sys.executable, "-m", "plugin.cli"]
+    procs = [
+        subprocess.Popen([*kizuna, "devstore", "--port", str(args.devstore_port)], env=env),
+        subprocess.Popen([*kizuna, "web", "--port", str(args.port), "--workers", "1"], env=env),
+        subprocess.Popen([*kizuna, "worker"], env=env),
+    ]
+    try:
+        from devstore.server import wait_and_seed
+
+        url = wait_and_seed(env, args.devstore_port, timeout=30)
+        print(f"\n  Kizuna is running. Open the admin: {url}\n", flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

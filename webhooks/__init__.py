@@ -1,0 +1,1 @@
+"""The webhook receiver: verify the HMAC, claim the delivery, enqueue, answer."""

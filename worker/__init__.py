@@ -1,0 +1,1 @@
+"""RQ jobs: apply webhook events to profiles, plan and run steps, backfill, reconcile."""
