@@ -19,7 +19,7 @@ from crm.errors import ConfigError
 from .appconfig import AppConfig, load_app_config
 
 # Development defaults. They are public, so production mode refuses them.
-DEV_API_SECRET = "kizuna-development-secret"
+DEV_API_SECRET = "kizuna-development-secret-not-for-production"
 DEV_ENCRYPTION_KEY = "a2l6dW5hLWRldmVsb3BtZW50LWtleS0wMDAwMDAwMDA="
 DEV_APP_URL = "http://127.0.0.1:8080"
 DEV_SHOPIFY_ORIGIN = "http://127.0.0.1:8081/store/{shop}"
