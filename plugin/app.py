@@ -39,6 +39,16 @@ def create_app(
         clock = DevClock(conn) if settings.dev_clock else SystemClock()
     app.extensions["kizuna"] = Resources(settings=settings, redis=conn, clock=clock)
 
+    # Blueprints: one per surface. Each engineer adds their own line here.
+    from webhooks.receiver import bp as webhooks_bp
+
+    app.register_blueprint(webhooks_bp)
+    from .auth import api as shop_api_bp
+    from .auth import bp as auth_bp
+
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(shop_api_bp)
+
     @app.get("/healthz")
     def healthz() -> Any:
         resources().redis.ping()

@@ -1,0 +1,186 @@
+"""The webhook receiver: verify, claim, store, enqueue — and only then answer 200.
+
+Routes and their topics come from ``app.toml`` (the settings' app config), registered when the
+blueprint is. Per request, in this order:
+
+1. a body over :data:`MAX_BODY` is refused (413) before it is read;
+2. the HMAC over the raw body is checked in constant time: a missing or wrong signature, a
+   malformed shop header or an unknown shop gets 401 and nothing is written;
+3. a topic the route does not carry, or a missing webhook id, gets 400 and nothing is written;
+4. in one Redis transaction the delivery is claimed by (shop, ``X-Shopify-Webhook-Id``) for
+   :data:`~worker.deliveries.CLAIM_TTL`, its raw body and headers are stored, and the job is
+   enqueued with ``(shop, topic, webhook_id)``; a repeated id is answered 200 and dropped.
+   Claim, copy and job are written together or not at all, so a failed enqueue never leaves a
+   claim behind that would drop Shopify's retry;
+5. if Redis is down, full or refuses the write, the answer is 503 so that Shopify retries.
+
+A body that is not a JSON object but is correctly signed is filed as a dead letter (kept for
+inspection) and answered 200, so that Shopify does not retry it for hours.
+
+Which shop a delivery is for: one secret signs every shop's webhooks and the shop header is not
+signed. Where the signed body names its shop (compliance topics: ``shop_domain``;
+``app/uninstalled``: ``myshopify_domain``) it must match the header or the answer is 401; those
+topics are accepted for a shop that has no record any more (uninstalled, waiting for
+``shop/redact``). Every other topic needs a known shop; the ingest worker then checks that the
+resource belongs to the shop (see ``worker/ingest.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import datetime
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, current_app, request
+from flask.blueprints import BlueprintSetupState
+
+from plugin.shops import SHOP_DOMAIN, shop_key
+from worker import deliveries
+from worker.queues import WEBHOOKS, default_retry, get_queue
+
+from .verify import verify
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("webhooks", __name__)
+
+MAX_BODY = 5 * 1024 * 1024
+# Headers kept with the raw body (never the signature: it is of no use once verified).
+KEPT_HEADERS = (
+    "X-Shopify-Topic",
+    "X-Shopify-Shop-Domain",
+    "X-Shopify-API-Version",
+    "X-Shopify-Webhook-Id",
+    "X-Shopify-Event-Id",
+    "X-Shopify-Triggered-At",
+)
+# Topics whose signed body names the shop, and the body field that names it.
+SHOP_FIELD = {
+    "customers/data_request": "shop_domain",
+    "customers/redact": "shop_domain",
+    "shop/redact": "shop_domain",
+    "app/uninstalled": "myshopify_domain",
+}
+
+
+def shop_is_known(conn: redis.Redis, shop: str) -> bool:
+    """True when the shop has a record (:mod:`plugin.shops`), whatever its status.
+
+    An uninstalled shop keeps its record until ``shop/redact``, so late deliveries for it are
+    still accepted; one EXISTS, nothing decrypted on this path.
+    """
+    return bool(conn.exists(shop_key(shop)))
+
+
+def _text(status: int, message: str) -> Response:
+    return Response(message + "\n", status=status, mimetype="text/plain")
+
+
+@bp.record
+def _register_routes(state: BlueprintSetupState) -> None:
+    """One route per ``uri`` of ``app.toml``, each accepting only its own topics."""
+    app_config = state.app.extensions["kizuna"].settings.app_config
+    for sub in app_config.subscriptions:
+        endpoint = "receive_" + re.sub(r"[^a-z0-9]+", "_", sub.uri.lower()).strip("_")
+        state.add_url_rule(
+            sub.uri,
+            endpoint=endpoint,
+            view_func=_receive,
+            methods=["POST"],
+            defaults={"uri": sub.uri},
+        )
+
+
+def _receive(uri: str) -> Response:
+    res = current_app.extensions["kizuna"]
+    settings, conn, clock = res.settings, res.redis, res.clock
+
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return _text(413, "payload too large")
+    body = request.get_data(cache=False)  # bounded by MAX_CONTENT_LENGTH (413 past it)
+    if len(body) > MAX_BODY:
+        return _text(413, "payload too large")
+
+    if not verify(settings.api_secret, body, request.headers.get("X-Shopify-Hmac-Sha256")):
+        return _text(401, "unauthorized")
+    shop = request.headers.get("X-Shopify-Shop-Domain", "").strip().lower()
+    if not SHOP_DOMAIN.fullmatch(shop):
+        return _text(401, "unauthorized")
+
+    topic = request.headers.get("X-Shopify-Topic", "").strip()
+    try:
+        payload: Any = json.loads(body)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        payload = None
+    well_formed = isinstance(payload, dict)
+
+    try:
+        if not _shop_accepted(conn, shop, topic, payload if well_formed else None):
+            return _text(401, "unauthorized")
+        sub = next((s for s in settings.app_config.subscriptions if s.uri == uri), None)
+        if sub is None or topic not in sub.topics:
+            return _text(400, f"topic {topic!r} is not delivered to {uri}")
+        job = deliveries.job_for(topic, compliance=sub.compliance)
+        if job is None:
+            return _text(400, f"no job handles topic {topic!r}")
+        webhook_id = request.headers.get("X-Shopify-Webhook-Id", "").strip()
+        if not deliveries.WEBHOOK_ID.match(webhook_id):
+            return _text(400, "missing or malformed X-Shopify-Webhook-Id")
+
+        now = clock.now()
+        delivery = deliveries.Delivery(
+            shop=shop,
+            webhook_id=webhook_id,
+            topic=topic,
+            body=body,
+            headers={h: request.headers[h] for h in KEPT_HEADERS if h in request.headers},
+            received_at=now,
+        )
+        outcome = _claim_and_enqueue(conn, delivery, job, well_formed=well_formed, now=now)
+    except redis.RedisError as exc:
+        log.warning("webhook not accepted, Redis unavailable: %s", exc, extra={"shop": shop})
+        return _text(503, "temporarily unavailable, retry later")
+    log.info("webhook %s %s", topic, outcome, extra={"shop": shop, "topic": topic})
+    return _text(200, outcome)
+
+
+def _shop_accepted(conn: redis.Redis, shop: str, topic: str, payload: Any) -> bool:
+    """The shop header may be trusted for this delivery (see the module docstring)."""
+    field = SHOP_FIELD.get(topic)
+    if field is not None and isinstance(payload, dict) and payload.get(field) is not None:
+        return str(payload[field]).strip().lower() == shop
+    return shop_is_known(conn, shop)
+
+
+def _claim_and_enqueue(
+    conn: redis.Redis, d: deliveries.Delivery, job: str, *, well_formed: bool, now: datetime
+) -> str:
+    """Claim, store and enqueue in one transaction; answer what happened."""
+    claim = deliveries.claim_key(d.shop, d.webhook_id)
+    queue = get_queue(conn, WEBHOOKS)
+    with conn.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(claim)
+            if pipe.exists(claim):
+                return "duplicate"
+            pipe.multi()
+            pipe.set(claim, now.isoformat(), ex=deliveries.CLAIM_TTL)
+            if not well_formed:
+                deliveries.add_dead_letter(pipe, d, "body is not a JSON object", at=now)
+                pipe.execute()
+                return "dead-lettered"
+            deliveries.store(pipe, d)
+            queue.enqueue_call(
+                job,
+                args=(d.shop, d.topic, d.webhook_id),
+                retry=default_retry(),
+                description=f"{d.topic} {d.shop} {d.webhook_id}",
+                pipeline=pipe,
+            )
+            pipe.execute()
+        except redis.WatchError:
+            return "duplicate"  # a concurrent delivery with the same id claimed it first
+    return "queued"
