@@ -46,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock.add_argument("action", choices=["set", "advance", "show"])
     clock.add_argument("value", nargs="?", help="an ISO time (set) or ISO 8601 duration (advance)")
 
+    sub.add_parser("tick", help="queue the sequence steps that are due, once, and exit")
+    sch = sub.add_parser("scheduler", help="queue due sequence steps every --interval seconds")
+    sch.add_argument("--interval", type=float, default=60.0)
+
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -59,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "devstore": _devstore,
         "run": _run,
         "clock": _clock,
+        "tick": _tick,
+        "scheduler": _scheduler,
     }[args.command]
     try:
         return handler(settings, args)
@@ -119,6 +125,30 @@ def _clock(settings: Settings, args: argparse.Namespace) -> int:
     elif args.action == "advance":
         clock.advance(isodate.parse_duration(_need(args.value, "an ISO 8601 duration")))
     print(clock.now().isoformat())
+    return 0
+
+
+def _tick(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.scheduler import tick
+
+    from .clock import DevClock, SystemClock
+    from .connections import connect
+
+    conn = connect(settings.redis_url)
+    clock = DevClock(conn) if settings.dev_clock else SystemClock()
+    print(tick(conn, clock.now()))
+    return 0
+
+
+def _scheduler(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.scheduler import run_forever
+
+    from .clock import DevClock, SystemClock
+    from .connections import connect
+
+    conn = connect(settings.redis_url)
+    clock = DevClock(conn) if settings.dev_clock else SystemClock()
+    run_forever(conn, clock.now, interval=args.interval)
     return 0
 
 

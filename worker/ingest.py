@@ -135,7 +135,26 @@ def ingest(conn: redis.Redis, shop: str, topic: str, webhook_id: str, *, now: da
     def done(pipe: Pipeline) -> None:
         deliveries.delete(pipe, shop, webhook_id)
 
-    return _apply(conn, shop, event, now=now, done=done, thresholds=thresholds_for(conn, shop))
+    outcome = _apply(conn, shop, event, now=now, done=done, thresholds=thresholds_for(conn, shop))
+    if outcome == "applied":
+        _profiles_changed(conn, shop, event)
+    return outcome
+
+
+def _profiles_changed(conn: redis.Redis, shop: str, event: Event) -> None:
+    """Let the sequences look at every profile this event changed (entries, exits, re-times).
+
+    Order-only events (a deletion, a fulfillment) name no customer: the order index does.
+    """
+    from worker.steps import on_profile_changed
+
+    changed = set(event.customer_ids)
+    for order_id in getattr(event, "order_ids", ()):
+        owner = profile_store.customer_for_order(conn, shop, order_id)
+        if owner is not None:
+            changed.add(owner)
+    for customer_id in sorted(changed):
+        on_profile_changed(conn, shop, customer_id)
 
 
 def thresholds_for(conn: redis.Redis, shop: str) -> Thresholds:

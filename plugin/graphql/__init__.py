@@ -64,6 +64,7 @@ BULK_OPERATION_BY_ID = _load("BulkOperationById")
 WEBHOOK_SUBSCRIPTION_CREATE = _load("WebhookSubscriptionCreate")
 WEBHOOK_SUBSCRIPTION_DELETE = _load("WebhookSubscriptionDelete")
 WEBHOOK_SUBSCRIPTION_LIST = _load("WebhookSubscriptionList")
+KIZUNA_COUPON_BY_CODE = _load("KizunaCouponByCode")  # worker/writeback.py
 
 #: Every document by operation name (what ``AdminClient.execute`` accepts as a string).
 DOCUMENTS: dict[str, Document] = {

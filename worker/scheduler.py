@@ -1,0 +1,167 @@
+"""The tick: move the steps that are due onto the RQ queue.
+
+Run it every minute (``kizuna scheduler``, or ``kizuna tick`` from cron). Per tick:
+
+1. ``kizuna:due:shops`` names the shops with something due (``ZRANGEBYSCORE``): shops with
+   nothing due cost nothing, and within a shop only the due members are read;
+2. per shop, one Lua script claims up to :data:`CLAIM_LIMIT` due members at once, moving their
+   score to the end of a lease (:data:`LEASE`). Many scheduler processes may tick together:
+   a member is claimed by one of them; if the step's job dies, the lease runs out and the
+   step is claimed again;
+3. each claimed step becomes a ``run_step`` job whose id is built from shop, customer,
+   sequence, cycle and step, so the same step is never queued twice: a job still queued or
+   running under that id is left alone;
+4. when one step of one sequence is due for :data:`BULK_THRESHOLD` customers or more (a
+   segment entered by thousands), they go into one batch job that writes through bulk
+   mutations instead (:func:`worker.steps.create_batch`).
+
+A shop that is not installed is postponed for an hour without claiming anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import redis
+
+from plugin.shops import shop_handle, shop_key
+
+from . import enrolment_store, steps
+from .queues import STEPS, default_retry, get_queue
+
+log = logging.getLogger(__name__)
+
+CLAIM_LIMIT = 1000
+MAX_PER_SHOP = 50_000
+LEASE = timedelta(minutes=10)
+BATCH_LEASE = timedelta(hours=2)
+BULK_THRESHOLD = 200
+PAUSED_SHOP_RETRY = timedelta(hours=1)
+_BUSY = {b"queued", b"started", b"scheduled", b"deferred"}
+
+
+@dataclass
+class TickResult:
+    shops: int = 0
+    claimed: int = 0
+    enqueued: int = 0
+    already_queued: int = 0
+    batches: list[str] = field(default_factory=list)
+    postponed: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"tick: {self.shops} shops, {self.claimed} due, {self.enqueued} enqueued, "
+            f"{self.already_queued} already queued, {len(self.batches)} bulk batches"
+        )
+
+
+def step_job_id(shop: str, customer_id: int, sequence_id: str, cycle: int, step: int) -> str:
+    return f"step-{shop_handle(shop)}-{customer_id}-{sequence_id}-{cycle}-{step}"
+
+
+def tick(
+    conn: redis.Redis,
+    now: datetime,
+    *,
+    claim_limit: int = CLAIM_LIMIT,
+    max_per_shop: int = MAX_PER_SHOP,
+    bulk_threshold: int = BULK_THRESHOLD,
+    lease: timedelta = LEASE,
+) -> TickResult:
+    """One tick at ``now`` (see the module docstring)."""
+    result = TickResult()
+    for shop in enrolment_store.due_shops(conn, now, limit=1000):
+        result.shops += 1
+        if conn.hget(shop_key(shop), "status") != b"installed":
+            enrolment_store.postpone_shop(conn, shop, now + PAUSED_SHOP_RETRY)
+            result.postponed.append(shop)
+            continue
+        claimed: list[enrolment_store.Claimed] = []
+        while len(claimed) < max_per_shop:
+            got = enrolment_store.claim(
+                conn, shop, now, now + lease, min(claim_limit, max_per_shop - len(claimed))
+            )
+            claimed += got
+            if len(got) < claim_limit:
+                break
+        result.claimed += len(claimed)
+        if claimed:
+            _dispatch(conn, shop, claimed, now, bulk_threshold, result)
+    if result.claimed:
+        log.info("%s", result)
+    return result
+
+
+def _dispatch(
+    conn: redis.Redis,
+    shop: str,
+    claimed: list[enrolment_store.Claimed],
+    now: datetime,
+    bulk_threshold: int,
+    result: TickResult,
+) -> None:
+    raws = enrolment_store.load_many(conn, shop, [(c.customer_id, c.sequence_id) for c in claimed])
+    groups: dict[tuple[str, int, int], list[int]] = defaultdict(list)
+    singles: list[tuple[int, str, str]] = []
+    for c in claimed:
+        raw = raws[(c.customer_id, c.sequence_id)]
+        if raw is None:
+            conn.zrem(
+                enrolment_store.due_key(shop), enrolment_store.member(c.customer_id, c.sequence_id)
+            )
+            continue
+        enr = enrolment_store.decode(c.customer_id, c.sequence_id, raw)
+        groups[(c.sequence_id, enr.version, enr.next_step)].append(c.customer_id)
+        job_id = step_job_id(shop, c.customer_id, c.sequence_id, enr.cycle, enr.next_step)
+        singles.append((c.customer_id, c.sequence_id, job_id))
+    in_batches: set[tuple[int, str]] = set()
+    for (seq_id, _version, _step), ids in groups.items():
+        if len(ids) >= bulk_threshold:
+            batch = steps.create_batch(conn, shop, seq_id, ids, now + BATCH_LEASE)
+            result.batches.append(batch)
+            in_batches |= {(cid, seq_id) for cid in ids}
+    todo = [s for s in singles if (s[0], s[1]) not in in_batches]
+    if not todo:
+        return
+    with conn.pipeline(transaction=False) as pipe:
+        for _, _, job_id in todo:
+            pipe.hget(f"rq:job:{job_id}", "status")
+        statuses = pipe.execute()
+    queue = get_queue(conn, STEPS)
+    datas = []
+    for (cid, seq_id, job_id), status in zip(todo, statuses, strict=True):
+        if status in _BUSY:
+            result.already_queued += 1
+            continue
+        datas.append(
+            queue.prepare_data(
+                steps.RUN_STEP, args=(shop, cid, seq_id), job_id=job_id, retry=default_retry()
+            )
+        )
+    for start in range(0, len(datas), 500):
+        queue.enqueue_many(datas[start : start + 500])
+    result.enqueued += len(datas)
+
+
+def run_forever(
+    conn: redis.Redis,
+    now: Callable[[], datetime],
+    *,
+    interval: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Tick every ``interval`` seconds until ``stop()`` (the ``kizuna scheduler`` loop)."""
+    while not stop():
+        started = time.monotonic()
+        try:
+            tick(conn, now())
+        except redis.RedisError as exc:
+            log.warning("tick failed, will try again: %s", exc)
+        sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -1,0 +1,706 @@
+"""The RQ jobs that put the sequence engine (:mod:`crm.enrolment`) to work.
+
+- :func:`evaluate_customer` — after a profile changed: for each sequence, enter, exit or
+  re-time the customer (:func:`crm.enrolment.evaluate`) and schedule the next step.
+  :func:`on_profile_changed` enqueues it with a job id per customer, so a burst of webhooks
+  about one customer coalesces into one or two runs.
+- :func:`evaluate_shop` — when a sequence is activated: evaluate every customer of the shop for
+  it (the sequence's catch-up policy decides what happens to steps already past).
+- :func:`run_step` — when the scheduler found a step due: :func:`crm.enrolment.due_step`, then
+  write the effects to Shopify **first** and only then store the advanced enrolment, the
+  customer's last-step time and the decisions in one compare-and-set
+  (:func:`worker.enrolment_store.commit`). A crash between the two re-runs the same step with
+  the same deterministic effects (same tags, same coupon code): one tag state, one coupon.
+- :func:`run_batch` / :func:`finish_batch` — hundreds or thousands of customers due at the same
+  step at once: tags and metafields go through bulk mutations; each customer's enrolment is
+  committed when the operation has finished, and a customer whose line failed falls back to
+  :func:`run_step`.
+
+Errors: transient Shopify errors propagate (RQ's ``Retry`` runs the job again; while it holds
+the step the scheduler's lease keeps other ticks off it). Permanent ones end the enrolment
+visibly: a ``failed`` entry in the customer's decision log and in ``kizuna:{shop}:failed``,
+never a retry loop. A paused or uninstalled shop (:class:`~crm.errors.ShopUnavailable`)
+postpones the step by :data:`PAUSE_RETRY`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+
+from crm.decisions import Decision
+from crm.enrolment import (
+    Enrolment,
+    ShopRules,
+    StepRun,
+    customer_gid,
+    due_step,
+    evaluate,
+    exit_all,
+    exit_effects,
+)
+from crm.errors import PermanentShopifyError, ServerError, ShopUnavailable
+from crm.profile import Profile
+from crm.segments import Thresholds, lifecycle
+from crm.sequence import Sequence
+from plugin import shops
+from plugin.graphql import CUSTOMER_TAGS_ADD, CUSTOMER_TAGS_REMOVE, METAFIELDS_SET
+from plugin.tokens import fresh_access_token
+
+from . import decision_log, enrolment_store, profile_store, sequence_store, writeback
+from .app_events import Context, job_context
+from .queues import BULK, STEPS, default_retry, enqueue, get_queue
+
+log = logging.getLogger(__name__)
+
+RUN_STEP = "worker.steps.run_step"
+EVALUATE_CUSTOMER = "worker.steps.evaluate_customer"
+EVALUATE_SHOP = "worker.steps.evaluate_shop"
+RUN_BATCH = "worker.steps.run_batch"
+FINISH_BATCH = "worker.steps.finish_batch"
+
+PAUSE_RETRY = timedelta(hours=1)
+MAX_RACES = 20  # compare-and-set attempts before RQ retries the job
+CHUNK = 500
+#: How long finish_batch polls a bulk operation inline before letting RQ retry it later.
+BULK_POLL_SECONDS = 60.0
+BATCH_TTL = 7 * 24 * 3600
+
+
+# -- context ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ShopState:
+    """What every job of a shop needs, read once per job."""
+
+    record: shops.ShopRecord
+    rules: ShopRules
+    thresholds: Thresholds
+    sequences: sequence_store.VersionCache
+
+
+def shop_state(ctx: Context, shop: str) -> ShopState:
+    """Raises :class:`ShopUnavailable` for a shop that is not installed."""
+    from .ingest import thresholds_for
+
+    record = shops.require_active(ctx.conn, shop)
+    return ShopState(
+        record=record,
+        rules=sequence_store.shop_rules(ctx.conn, shop, record),
+        thresholds=thresholds_for(ctx.conn, shop),
+        sequences=sequence_store.VersionCache(ctx.conn, shop),
+    )
+
+
+def segments_of(profile: Profile, now: datetime, thresholds: Thresholds) -> dict[str, datetime]:
+    """The customer's lifecycle segment and since when they are in it.
+
+    The time is derived from the orders (dormant: last order + ``dormant_days``; repeat: the
+    second order…), so it is the same at every evaluation and a segment-entered sequence keeps
+    one cycle per stay in the segment.
+    """
+    seg = lifecycle(profile, now, thresholds)
+    if seg is None:
+        return {}
+    orders = [o.created_at for o in profile.live_orders if o.created_at is not None]
+    since: datetime | None
+    if seg == "dormant" and orders:
+        since = orders[-1] + timedelta(days=thresholds.dormant_days)
+    elif seg == "churned" and orders:
+        since = orders[-1] + timedelta(days=thresholds.churned_days)
+    elif seg == "new" and orders:
+        since = orders[0]
+    elif seg == "repeat" and len(orders) >= 2:
+        since = orders[1]
+    elif seg == "loyal" and orders:
+        since = orders[min(thresholds.loyal_min_orders, len(orders)) - 1]
+    else:
+        since = profile.created_at
+    return {seg: since or now}
+
+
+def _flow_mark(shop: str, enr: Enrolment) -> str:
+    return f"kizuna:{shop}:flow:{enr.customer_id}:{enr.sequence_id}:{enr.cycle}:{enr.next_step}"
+
+
+def _failure(now: datetime, enr: Enrolment, step: str | None, exc: Exception) -> dict[str, Any]:
+    return {
+        "at": now.isoformat(),
+        "customer_id": enr.customer_id,
+        "sequence": enr.sequence_id,
+        "decision": "failed",
+        "reason": "shopify_refused",
+        "version": enr.version,
+        "step": step,
+        "detail": {"error": str(exc)[:300], "error_type": type(exc).__name__},
+    }
+
+
+def _with_written(decisions: Iterable[Decision], written: writeback.Written) -> list[Decision]:
+    out = []
+    for d in decisions:
+        if d.decision == "step_done":
+            d = replace(d, detail={**d.detail, "written": written.summary()})
+        out.append(d)
+    return out
+
+
+# -- run a due step ---------------------------------------------------------------------------
+
+
+def run_step(shop: str, customer_id: int, sequence_id: str) -> str:
+    """RQ job (queue ``steps``): run one due step. See :func:`handle_step`."""
+    return handle_step(job_context(), shop, int(customer_id), sequence_id)
+
+
+def handle_step(ctx: Context, shop: str, customer_id: int, sequence_id: str) -> str:
+    conn, now = ctx.conn, ctx.clock.now()
+    try:
+        state = shop_state(ctx, shop)
+    except ShopUnavailable:
+        enrolment_store.reschedule(conn, shop, customer_id, sequence_id, now + PAUSE_RETRY)
+        return "paused"
+    for _ in range(MAX_RACES):
+        raw = enrolment_store.load_raw(conn, shop, sequence_id, customer_id)
+        if raw is None:
+            gone = enrolment_store.member(customer_id, sequence_id)
+            conn.zrem(enrolment_store.due_key(shop), gone)
+            return "gone"
+        enr = enrolment_store.decode(customer_id, sequence_id, raw)
+        if not enr.active:
+            enrolment_store.commit(conn, shop, customer_id, sequence_id, raw, enr)
+            return "ended"
+        seq = state.sequences.get(sequence_id, enr.version)
+        profile = profile_store.load(conn, shop, customer_id)
+        if seq is None or profile is None:
+            outcome = _end_without_customer(ctx, shop, enr, raw, seq, now)
+            if outcome:
+                return outcome
+            continue
+        run = due_step(
+            profile,
+            seq,
+            enr,
+            now,
+            state.rules,
+            last_step_at=enrolment_store.last_step_at(conn, shop, customer_id),
+            segments=segments_of(profile, now, state.thresholds),
+        )
+        try:
+            done = _apply_run(ctx, shop, enr, raw, run, now, seq)
+        except ShopUnavailable:
+            enrolment_store.reschedule(conn, shop, customer_id, sequence_id, now + PAUSE_RETRY)
+            return "paused"
+        if done is not None:
+            return done
+    raise ServerError(f"enrolment {customer_id}:{sequence_id} kept changing", shop=shop)
+
+
+def _end_without_customer(
+    ctx: Context, shop: str, enr: Enrolment, raw: str, seq: Sequence | None, now: datetime
+) -> str | None:
+    """The profile is gone (redacted, deleted) or the sequence version is: end the enrolment."""
+    reason = "customer_deleted" if seq is not None else "sequence_deleted"
+    placeholder = seq or Sequence(id=enr.sequence_id, trigger=None, steps=())  # type: ignore[arg-type]
+    ended = exit_all([enr], {enr.sequence_id: placeholder}, now, reason)
+    new, decision = ended[0]
+    ok = enrolment_store.commit(
+        ctx.conn, shop, enr.customer_id, enr.sequence_id, raw, new, log=[decision]
+    )
+    return "exited" if ok else None
+
+
+def _apply_run(
+    ctx: Context,
+    shop: str,
+    enr: Enrolment,
+    raw: str,
+    run: StepRun,
+    now: datetime,
+    seq: Sequence,
+) -> str | None:
+    """Write the run's effects, then commit; answer the outcome, or None if we lost a race."""
+    conn = ctx.conn
+    decisions = decision_log.loggable(run.decisions)
+    effects = run.effects
+    if run.kind in ("exited", "restarted") and not enr.history:
+        effects = None  # no step of this cycle was written: nothing to clean up
+    if run.kind == "exited" and any(d.reason == "customer_deleted" for d in run.decisions):
+        effects = None  # the customer is gone from Shopify too
+    last = None
+    if effects is not None:
+        token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
+        try:
+            written = writeback.write_effects(
+                ctx.admin_client(), shop, token, effects, conn=conn, flow_mark=_flow_mark(shop, enr)
+            )
+        except PermanentShopifyError as exc:
+            step = seq.steps[enr.next_step].key if enr.next_step < len(seq.steps) else None
+            failed = replace(enr, status="exited", due_at=None)
+            entry = _failure(now, enr, step, exc)
+            if enrolment_store.commit(
+                conn, shop, enr.customer_id, enr.sequence_id, raw, failed, log=[entry]
+            ):
+                enrolment_store.mark_failed(conn, shop, enr.customer_id, enr.sequence_id, str(exc))
+                log.warning("step failed for good: %s", exc, extra={"shop": shop})
+                return "failed"
+            return None
+        decisions = _with_written(decisions, written)
+        if run.kind == "run":
+            last = now
+    ok = enrolment_store.commit(
+        conn, shop, enr.customer_id, enr.sequence_id, raw, run.enrolment,
+        last_step_at=last, log=decisions,
+    )  # fmt: skip
+    return run.kind if ok else None
+
+
+# -- evaluate ---------------------------------------------------------------------------------
+
+
+def _eval_job_ids(shop: str, customer_id: int) -> tuple[str, str]:
+    base = f"eval-{shops.shop_handle(shop)}-{int(customer_id)}"
+    return base, base + "-b"
+
+
+def on_profile_changed(conn: redis.Redis, shop: str, customer_id: int) -> str | None:
+    """Enqueue :func:`evaluate_customer` unless one is already waiting; answer the job id.
+
+    Two ids alternate: while one run is under way, a second is queued under the other id, so a
+    change that arrives during a run is never lost and a burst costs at most two runs.
+    """
+    first, second = _eval_job_ids(shop, customer_id)
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hget(f"rq:job:{first}", "status")
+        pipe.hget(f"rq:job:{second}", "status")
+        s1, s2 = pipe.execute()
+    if s1 == b"queued" or s2 == b"queued":
+        return None
+    job_id = second if s1 == b"started" else first
+    if job_id == second and s2 == b"started":
+        return None  # both busy: the second run reads the profile after this change anyway
+    enqueue(conn, EVALUATE_CUSTOMER, shop, int(customer_id), queue=STEPS, job_id=job_id)
+    return job_id
+
+
+def evaluate_customer(shop: str, customer_id: int) -> str:
+    """RQ job: evaluate one customer against every sequence of the shop."""
+    return handle_evaluate(job_context(), shop, int(customer_id))
+
+
+def handle_evaluate(ctx: Context, shop: str, customer_id: int, *, only: str | None = None) -> str:
+    try:
+        state = shop_state(ctx, shop)
+    except ShopUnavailable:
+        return "paused"
+    now = ctx.clock.now()
+    profile = profile_store.load(ctx.conn, shop, customer_id)
+    changed = 0
+    metas = sequence_store.metas(ctx.conn, shop)
+    recent = _recent_log(ctx.conn, shop, customer_id)
+    for m in metas:
+        if only is not None and m.sequence_id != only:
+            continue
+        changed += _evaluate_one(ctx, state, shop, customer_id, profile, m, now, recent)
+    return f"evaluated {len(metas)} sequences, {changed} changed"
+
+
+def _recent_log(conn: redis.Redis, shop: str, customer_id: int) -> dict[str, tuple[Any, ...]]:
+    """The newest logged (decision, reason, step) per sequence, to avoid repeating it."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for e in decision_log.read(conn, shop, customer_id, limit=20):
+        out[str(e.get("sequence"))] = (e.get("decision"), e.get("reason"), e.get("step"))
+    return out
+
+
+def _evaluate_one(
+    ctx: Context,
+    state: ShopState,
+    shop: str,
+    customer_id: int,
+    profile: Profile | None,
+    meta: sequence_store.Meta,
+    now: datetime,
+    recent: Mapping[str, tuple[Any, ...]],
+) -> int:
+    conn, seq_id = ctx.conn, meta.sequence_id
+    for _ in range(MAX_RACES):
+        raw = enrolment_store.load_raw(conn, shop, seq_id, customer_id)
+        enr = enrolment_store.decode(customer_id, seq_id, raw) if raw else None
+        if enr is not None and enr.active:
+            seq = state.sequences.get(seq_id, enr.version)
+        elif meta.active:
+            seq = state.sequences.get(seq_id)
+        else:
+            return 0
+        if seq is None:
+            return 0
+        if profile is None:
+            if enr is None or not enr.active or raw is None:
+                return 0
+            if _end_without_customer(ctx, shop, enr, raw, seq, now):
+                return 1
+            continue
+        result = evaluate(
+            profile,
+            seq,
+            enr,
+            now,
+            state.rules,
+            segments=segments_of(profile, now, state.thresholds),
+        )
+        new = result.enrolment
+        decisions = [
+            d
+            for d in decision_log.loggable(result.decisions)
+            if not (
+                d.decision == "skipped" and recent.get(seq_id) == (d.decision, d.reason, d.step)
+            )
+        ]
+        if new == enr and not decisions:
+            return 0
+        ended_cycle = (
+            enr is not None
+            and enr.active
+            and enr.history
+            and (new is None or not new.active or new.cycle != enr.cycle)
+            and not any(d.reason == "customer_deleted" for d in result.decisions)
+        )
+        if ended_cycle:
+            assert enr is not None
+            try:
+                token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
+            except ShopUnavailable:
+                return 0
+            writeback.write_effects(ctx.admin_client(), shop, token, exit_effects(seq, customer_id))
+        if enrolment_store.commit(conn, shop, customer_id, seq_id, raw, new, log=decisions):
+            return 1
+    raise ServerError(f"enrolment {customer_id}:{seq_id} kept changing", shop=shop)
+
+
+def evaluate_shop(shop: str, sequence_id: str) -> str:
+    """RQ job (queue ``bulk``): evaluate every customer of the shop for one sequence."""
+    return handle_evaluate_shop(job_context(), shop, sequence_id)
+
+
+def handle_evaluate_shop(ctx: Context, shop: str, sequence_id: str) -> str:
+    try:
+        state = shop_state(ctx, shop)
+    except ShopUnavailable:
+        return "paused"
+    meta = sequence_store.meta(ctx.conn, shop, sequence_id)
+    if meta is None:
+        return "unknown sequence"
+    now = ctx.clock.now()
+    seen = changed = 0
+    batch: list[int] = []
+
+    def flush() -> None:
+        nonlocal changed
+        for profile in profile_store.load_many(ctx.conn, shop, batch):
+            changed += _evaluate_one(ctx, state, shop, profile.customer_id, profile, meta, now, {})
+        batch.clear()
+
+    for cid in profile_store.iter_members(ctx.conn, shop, profile_store.ALL, batch=CHUNK):
+        batch.append(cid)
+        seen += 1
+        if len(batch) >= CHUNK:
+            flush()
+    flush()
+    return f"evaluated {seen} customers, {changed} changed"
+
+
+def schedule_evaluate_shop(conn: redis.Redis, shop: str, sequence_id: str, version: int) -> str:
+    """Enqueue :func:`evaluate_shop` (one per activation of a version)."""
+    job_id = f"evalshop-{shops.shop_handle(shop)}-{sequence_id}-{version}-{uuid.uuid4().hex[:8]}"
+    enqueue(conn, EVALUATE_SHOP, shop, sequence_id, queue=BULK, job_id=job_id)
+    return job_id
+
+
+# -- batches: the bulk-mutation path ------------------------------------------------------------
+
+
+def batch_key(shop: str, batch_id: str) -> str:
+    return f"kizuna:{shop}:batch:{batch_id}"
+
+
+def bulk_op_key(shop: str, operation_id: str) -> str:
+    return f"kizuna:{shop}:bulkop:{operation_id.rsplit('/', 1)[-1]}"
+
+
+def create_batch(
+    conn: redis.Redis, shop: str, sequence_id: str, customer_ids: list[int], lease_until: datetime
+) -> str:
+    """Store a batch of claimed customers and enqueue :func:`run_batch` for it."""
+    batch_id = uuid.uuid4().hex[:16]
+    key = batch_key(shop, batch_id)
+    due = enrolment_store.due_key(shop)
+    with conn.pipeline(transaction=True) as pipe:
+        pipe.rpush(f"{key}:ids", *customer_ids)
+        pipe.expire(f"{key}:ids", BATCH_TTL)
+        # The bulk operation may take a while: hold these members longer than a step's lease.
+        pipe.zadd(
+            due,
+            {enrolment_store.member(c, sequence_id): lease_until.timestamp() for c in customer_ids},
+            xx=True,
+        )
+        pipe.execute()
+    enqueue(conn, RUN_BATCH, shop, sequence_id, batch_id, queue=BULK, job_id=f"batch-{batch_id}")
+    return batch_id
+
+
+def run_batch(shop: str, sequence_id: str, batch_id: str) -> str:
+    """RQ job (queue ``bulk``): start the bulk mutations of a batch."""
+    return handle_batch(job_context(), shop, sequence_id, batch_id)
+
+
+def _bulkable(run: StepRun) -> bool:
+    """Only tags and metafields go in bulk; a coupon or a Flow trigger needs its own call."""
+    e = run.effects
+    return run.kind == "run" and e is not None and e.discount is None and e.flow_trigger is None
+
+
+def handle_batch(ctx: Context, shop: str, sequence_id: str, batch_id: str) -> str:
+    conn, now = ctx.conn, ctx.clock.now()
+    key = batch_key(shop, batch_id)
+    if conn.exists(f"{key}:plan"):
+        return handle_finish_batch(ctx, shop, batch_id)  # started already: a re-run finishes it
+    ids = [int(x) for x in conn.lrange(f"{key}:ids", 0, -1)]
+    if not ids:
+        return "gone"
+    try:
+        state = shop_state(ctx, shop)
+        token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
+    except ShopUnavailable:
+        for cid in ids:
+            enrolment_store.reschedule(conn, shop, cid, sequence_id, now + PAUSE_RETRY)
+        conn.delete(f"{key}:ids")
+        return "paused"
+    plan: dict[str, str] = {}
+    adds: list[dict[str, Any]] = []
+    removes: list[dict[str, Any]] = []
+    fields: list[dict[str, Any]] = []
+    single: list[int] = []
+    removers: list[int] = []
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        raws = enrolment_store.load_many(conn, shop, [(c, sequence_id) for c in chunk])
+        profiles = {p.customer_id: p for p in profile_store.load_many(conn, shop, chunk)}
+        lasts = _lasts(conn, shop, chunk)
+        for cid in chunk:
+            raw = raws[(cid, sequence_id)]
+            profile = profiles.get(cid)
+            if raw is None or profile is None:
+                single.append(cid)
+                continue
+            enr = enrolment_store.decode(cid, sequence_id, raw)
+            seq = state.sequences.get(sequence_id, enr.version)
+            if not enr.active or seq is None:
+                single.append(cid)
+                continue
+            run = due_step(
+                profile, seq, enr, now, state.rules, last_step_at=lasts.get(cid),
+                segments=segments_of(profile, now, state.thresholds),
+            )  # fmt: skip
+            if not _bulkable(run):
+                single.append(cid)
+                continue
+            assert run.effects is not None and run.enrolment is not None
+            gid = customer_gid(cid)
+            written_steps = {seq.steps[i].tag(seq.id) for i, _ in enr.history if i < len(seq.steps)}
+            stale = [t for t in run.effects.tags_remove if t in written_steps]
+            adds.append({"id": gid, "tags": list(run.effects.tags_add)})
+            if stale:
+                removes.append({"id": gid, "tags": stale})
+                removers.append(cid)
+            fields.append({"metafields": [m.as_input(gid) for m in run.effects.metafields]})
+            summary = {
+                "tags_added": list(run.effects.tags_add),
+                "metafields": [f"{m.namespace}.{m.key}" for m in run.effects.metafields],
+                "bulk": batch_id,
+            }
+            if stale:
+                summary["tags_removed"] = stale
+            decisions = [
+                d.to_dict()
+                for d in _with_decision_detail(decision_log.loggable(run.decisions), summary)
+            ]
+            plan[str(cid)] = json.dumps(
+                {"raw": raw, "new": enrolment_store.encode(run.enrolment), "log": decisions},
+                separators=(",", ":"),
+            )
+    ops: dict[str, str] = {}  # operation id -> "add" | "remove" | "metafields"
+    admin = ctx.admin_client()
+    for kind, doc, lines in (("add", CUSTOMER_TAGS_ADD, adds),
+                             ("remove", CUSTOMER_TAGS_REMOVE, removes),
+                             ("metafields", METAFIELDS_SET, fields)):  # fmt: skip
+        if lines:
+            op_id = writeback.start_bulk_mutation(
+                admin, shop, token, doc, lines, client_identifier=f"kizuna-{batch_id}"
+            )
+            ops[op_id] = kind
+    with conn.pipeline(transaction=True) as pipe:
+        if plan:
+            pipe.hset(f"{key}:plan", mapping=plan)  # type: ignore[arg-type]
+            pipe.expire(f"{key}:plan", BATCH_TTL)
+        pipe.hset(
+            f"{key}:meta",
+            mapping={
+                "ops": json.dumps(ops),
+                "removers": json.dumps(removers),
+                "seq": sequence_id,
+                "at": str(int(now.timestamp())),
+            },
+        )
+        pipe.expire(f"{key}:meta", BATCH_TTL)
+        for op in ops:
+            pipe.set(bulk_op_key(shop, op), batch_id, ex=BATCH_TTL)
+        pipe.execute()
+    _enqueue_singles(conn, shop, sequence_id, single)
+    if not plan:
+        _drop_batch(conn, shop, batch_id, ops)
+        return f"no bulk work; {len(single)} single steps"
+    return handle_finish_batch(ctx, shop, batch_id)
+
+
+def _with_decision_detail(decisions: list[Decision], summary: dict[str, Any]) -> list[Decision]:
+    return [
+        replace(d, detail={**d.detail, "written": summary}) if d.decision == "step_done" else d
+        for d in decisions
+    ]
+
+
+def _lasts(conn: redis.Redis, shop: str, ids: list[int]) -> dict[int, datetime]:
+    with conn.pipeline(transaction=False) as pipe:
+        for cid in ids:
+            pipe.hget(enrolment_store.last_key(shop, cid), str(cid))
+        values = pipe.execute()
+    return {
+        cid: datetime.fromtimestamp(int(v), UTC)
+        for cid, v in zip(ids, values, strict=True)
+        if v is not None
+    }
+
+
+def _enqueue_singles(conn: redis.Redis, shop: str, sequence_id: str, ids: list[int]) -> None:
+    """Hand customers back to the one-by-one path (due now: the next tick, or right away)."""
+    if not ids:
+        return
+    queue = get_queue(conn, STEPS)
+    datas = [
+        queue.prepare_data(
+            RUN_STEP,
+            args=(shop, cid, sequence_id),
+            job_id=f"single-{shops.shop_handle(shop)}-{cid}-{sequence_id}-{uuid.uuid4().hex[:6]}",
+            retry=default_retry(),
+        )
+        for cid in ids
+    ]
+    queue.enqueue_many(datas)
+
+
+def _drop_batch(conn: redis.Redis, shop: str, batch_id: str, ops: Iterable[str]) -> None:
+    key = batch_key(shop, batch_id)
+    conn.delete(f"{key}:ids", f"{key}:plan", f"{key}:meta", *(bulk_op_key(shop, o) for o in ops))
+
+
+def on_bulk_finished(conn: redis.Redis, shop: str, operation_id: str) -> str | None:
+    """For the ``bulk_operations/finish`` webhook job: finish the batch the operation belongs
+    to (enqueue :func:`finish_batch`); answer the batch id, or None if it is not ours."""
+    raw = conn.get(bulk_op_key(shop, operation_id))
+    if raw is None:
+        return None
+    batch_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+    enqueue(conn, FINISH_BATCH, shop, batch_id, queue=BULK, job_id=f"finish-{batch_id}")
+    return batch_id
+
+
+def finish_batch(shop: str, batch_id: str) -> str:
+    """RQ job (queue ``bulk``): wait for a batch's bulk operations, then commit its customers."""
+    return handle_finish_batch(job_context(), shop, batch_id)
+
+
+def handle_finish_batch(
+    ctx: Context, shop: str, batch_id: str, *, poll_seconds: float = BULK_POLL_SECONDS
+) -> str:
+    conn = ctx.conn
+    key = batch_key(shop, batch_id)
+    meta = {k.decode(): v.decode() for k, v in conn.hgetall(f"{key}:meta").items()}  # type: ignore[union-attr]
+    if not meta:
+        return "gone"
+    ops: dict[str, str] = json.loads(meta.get("ops") or "{}")
+    removers: list[int] = json.loads(meta.get("removers") or "[]")
+    sequence_id = meta["seq"]
+    done_at = datetime.fromtimestamp(int(meta["at"]), UTC)
+    try:
+        token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
+    except ShopUnavailable:
+        return "paused"  # the leases run out and the steps are claimed again later
+    admin = ctx.admin_client()
+    finished = _wait_for(admin, shop, token, list(ops), poll_seconds)
+    failed_lines: dict[str, set[int]] = {}
+    for op_id, op in finished.items():
+        bad: set[int] = set()
+        if op.get("status") != "COMPLETED":
+            bad = {-1}  # the whole operation failed: every customer goes one by one
+        elif op.get("url"):
+            for row in writeback.bulk_results(op["url"], shop=shop):
+                if not writeback.row_ok(row):
+                    bad.add(int(row.get("__lineNumber", -1)))
+        failed_lines[op_id] = bad
+    plan = {int(k): json.loads(v) for k, v in conn.hgetall(f"{key}:plan").items()}
+    order = [int(x) for x in conn.lrange(f"{key}:ids", 0, -1)]
+    planned = [cid for cid in order if cid in plan]
+    failed_cids: set[int] = set()
+    for op_id, bad in failed_lines.items():
+        owners = removers if ops[op_id] == "remove" else planned
+        if -1 in bad:
+            failed_cids |= set(owners)
+        else:
+            failed_cids |= {owners[n] for n in bad if 0 <= n < len(owners)}
+    committed = 0
+    for cid in planned:
+        if cid in failed_cids:
+            continue
+        entry = plan[cid]
+        new = enrolment_store.decode(cid, sequence_id, entry["new"])
+        if enrolment_store.commit(
+            conn, shop, cid, sequence_id, entry["raw"], new,
+            last_step_at=done_at, log=entry["log"],
+        ):  # fmt: skip
+            committed += 1
+    _enqueue_singles(conn, shop, sequence_id, sorted(failed_cids))
+    _drop_batch(conn, shop, batch_id, ops)
+    return f"batch {batch_id}: {committed} committed, {len(failed_cids)} retried one by one"
+
+
+def _wait_for(
+    admin: Any, shop: str, token: str, ops: list[str], poll_seconds: float
+) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + poll_seconds
+    pause = 0.05
+    done: dict[str, dict[str, Any]] = {}
+    while True:
+        for op_id in ops:
+            if op_id in done:
+                continue
+            op = writeback.bulk_status(admin, shop, token, op_id)
+            if op.get("status") in {"COMPLETED", "FAILED", "CANCELED", "EXPIRED"}:
+                done[op_id] = op
+        if len(done) == len(ops):
+            return done
+        if time.monotonic() >= deadline:
+            # Still running: let RQ retry the job later (the batch stays in Redis).
+            raise ServerError(f"bulk operations still running: {sorted(set(ops) - set(done))}",
+                              shop=shop)  # fmt: skip
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
