@@ -48,6 +48,9 @@ def create_app(
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(shop_api_bp)
+    from .api_customers import bp as api_customers_bp
+
+    app.register_blueprint(api_customers_bp)
     from .api_sequences import bp as sequences_api_bp
 
     app.register_blueprint(sequences_api_bp)

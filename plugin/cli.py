@@ -49,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("tick", help="queue the sequence steps that are due, once, and exit")
     sch = sub.add_parser("scheduler", help="queue due sequence steps every --interval seconds")
     sch.add_argument("--interval", type=float, default=60.0)
+    rec = sub.add_parser("reconcile", help="read what changed in Shopify and merge it now")
+    rec.add_argument("--shop", help="one shop (default: queue a reconcile for every shop)")
+    reb = sub.add_parser("rebuild", help="rebuild a shop's profile cache from Shopify")
+    reb.add_argument("--shop", required=True)
 
     args = parser.parse_args(argv)
     try:
@@ -65,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "clock": _clock,
         "tick": _tick,
         "scheduler": _scheduler,
+        "reconcile": _reconcile,
+        "rebuild": _rebuild,
     }[args.command]
     try:
         return handler(settings, args)
@@ -149,6 +155,31 @@ def _scheduler(settings: Settings, args: argparse.Namespace) -> int:
     conn = connect(settings.redis_url)
     clock = DevClock(conn) if settings.dev_clock else SystemClock()
     run_forever(conn, clock.now, interval=args.interval)
+    return 0
+
+
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    """With --shop, reconcile that shop now (in this process); else queue every shop."""
+    from worker.app_events import job_context
+    from worker.reconcile import reconcile_shop, schedule_all
+
+    from .shops import normalize_shop
+
+    ctx = job_context()
+    if args.shop:
+        print(reconcile_shop(ctx, normalize_shop(args.shop)))
+    else:
+        print(schedule_all(ctx.conn, ctx.clock.now()))
+    return 0
+
+
+def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.app_events import job_context
+    from worker.reconcile import rebuild
+
+    from .shops import normalize_shop
+
+    print(rebuild(job_context(), normalize_shop(args.shop)))
     return 0
 
 

@@ -34,6 +34,8 @@ from redis.client import Pipeline
 from crm.profile import Profile
 from crm.segments import DEFAULT_THRESHOLDS, Thresholds, index_keys
 
+from . import search_index
+
 ALL = "all"
 MAX_ATTEMPTS = 50  # optimistic retries before giving up (RQ then retries the job)
 
@@ -256,9 +258,10 @@ def transact(
                     raise ValueError("transact: change returned a profile it was not given")
                 pipe.multi()
                 for cid, profile in result.items():
-                    old = entries[cid][1] if cid in entries else frozenset()
+                    before, old = entries.get(cid, (None, frozenset()))
                     save(conn, shop, profile, now=now, pipe=pipe, old_keys=old,
                          thresholds=thresholds)  # fmt: skip
+                    search_index.update(pipe, shop, before, profile)
                 if also is not None:
                     also(pipe)
                 pipe.execute()

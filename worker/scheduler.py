@@ -157,11 +157,19 @@ def run_forever(
     sleep: Callable[[float], None] = time.sleep,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Tick every ``interval`` seconds until ``stop()`` (the ``kizuna scheduler`` loop)."""
+    """Tick every ``interval`` seconds until ``stop()`` (the ``kizuna scheduler`` loop).
+
+    Each pass also lets every installed shop's reconcile job be enqueued once per period
+    (``worker.reconcile.schedule_all`` keeps the period, so several schedulers may call it).
+    """
+    from worker.reconcile import schedule_all
+
     while not stop():
         started = time.monotonic()
         try:
-            tick(conn, now())
+            at = now()
+            tick(conn, at)
+            schedule_all(conn, at)
         except redis.RedisError as exc:
             log.warning("tick failed, will try again: %s", exc)
         sleep(max(0.0, interval - (time.monotonic() - started)))

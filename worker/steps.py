@@ -55,7 +55,7 @@ from plugin import shops
 from plugin.graphql import CUSTOMER_TAGS_ADD, CUSTOMER_TAGS_REMOVE, METAFIELDS_SET
 from plugin.tokens import fresh_access_token
 
-from . import decision_log, enrolment_store, profile_store, sequence_store, writeback
+from . import bulk, decision_log, enrolment_store, profile_store, sequence_store, writeback
 from .app_events import Context, job_context
 from .queues import BULK, STEPS, default_retry, enqueue, get_queue
 
@@ -565,6 +565,8 @@ def handle_batch(ctx: Context, shop: str, sequence_id: str, batch_id: str) -> st
         for op in ops:
             pipe.set(bulk_op_key(shop, op), batch_id, ex=BATCH_TTL)
         pipe.execute()
+    for op in ops:  # the bulk_operations/finish webhook job calls back here
+        bulk.register(conn, shop, op, "worker.steps.bulk_operation_finished")
     _enqueue_singles(conn, shop, sequence_id, single)
     if not plan:
         _drop_batch(conn, shop, batch_id, ops)
@@ -622,6 +624,11 @@ def on_bulk_finished(conn: redis.Redis, shop: str, operation_id: str) -> str | N
     batch_id = raw.decode() if isinstance(raw, bytes) else str(raw)
     enqueue(conn, FINISH_BATCH, shop, batch_id, queue=BULK, job_id=f"finish-{batch_id}")
     return batch_id
+
+
+def bulk_operation_finished(conn: redis.Redis, shop: str, event: Any) -> str:
+    """Handler registered with :mod:`worker.bulk` for our bulk mutations' finish webhook."""
+    return on_bulk_finished(conn, shop, event.operation_id) or "not a batch of ours"
 
 
 def finish_batch(shop: str, batch_id: str) -> str:

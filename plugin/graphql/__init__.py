@@ -61,6 +61,8 @@ STAGED_UPLOADS_CREATE = _load("StagedUploadsCreate")
 BULK_OPERATION_RUN_QUERY = _load("BulkOperationRunQuery")
 BULK_OPERATION_RUN_MUTATION = _load("BulkOperationRunMutation")
 BULK_OPERATION_BY_ID = _load("BulkOperationById")
+# Backfill (worker/backfill.py): a bulk export whose child rows follow their parent.
+BULK_OPERATION_RUN_GROUPED_QUERY = _load("BulkOperationRunGroupedQuery")
 WEBHOOK_SUBSCRIPTION_CREATE = _load("WebhookSubscriptionCreate")
 WEBHOOK_SUBSCRIPTION_DELETE = _load("WebhookSubscriptionDelete")
 WEBHOOK_SUBSCRIPTION_LIST = _load("WebhookSubscriptionList")

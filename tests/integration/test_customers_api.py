@@ -1,0 +1,163 @@
+"""The customer API through the real app and its ID-token guard, on profiles in real Redis."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from crm import events
+from crm.profile import fold
+from devstore import idtoken
+from plugin.app import create_app
+from plugin.clock import FixedClock
+from plugin.settings import Settings
+from tests.integration.webhook_helpers import OTHER_SHOP, SHOP, install_shop
+from worker import backfill, privacy, profile_store, search_index
+
+NOW = datetime(2026, 7, 1, tzinfo=UTC)
+
+
+@pytest.fixture()
+def app(settings: Settings, conn: redis.Redis, clock: FixedClock) -> Flask:
+    install_shop(conn)
+    install_shop(conn, OTHER_SHOP)
+    return create_app(settings, conn=conn, clock=clock)
+
+
+@pytest.fixture()
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def auth(settings: Settings, shop: str = SHOP) -> dict[str, str]:
+    token = idtoken.mint(shop, api_key=settings.api_key, api_secret=settings.api_secret, now=NOW)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def put(conn: redis.Redis, cid: int, *, shop: str = SHOP, orders: int = 0, **fields: Any) -> None:
+    """Store a profile built from webhook events (customer + ``orders`` orders)."""
+    body = {"id": cid, "email": f"c{cid}@example.com", "first_name": "Aoi", "last_name": "Kato",
+            "updated_at": "2026-06-01T00:00:00Z", "created_at": "2026-01-01T00:00:00Z",
+            "email_marketing_consent": {"state": "subscribed"}, **fields}  # fmt: skip
+    evs: list[events.Event] = [events.parse("customers/create", body)]
+    for n in range(orders):
+        evs.append(events.parse("orders/create", {
+            "id": cid * 10 + n, "name": f"#{cid}{n}", "created_at": f"2026-06-1{n}T00:00:00Z",
+            "financial_status": "paid", "currency": "JPY", "total_price": "12000",
+            "customer": {"id": cid}, "line_items": [{"product_id": 55, "quantity": 1}],
+        }))  # fmt: skip
+    profile = fold(evs)
+    assert profile is not None
+    profile_store.save(conn, shop, profile, now=NOW)
+    search_index.update(conn, shop, None, profile)
+
+
+def test_one_customer_has_the_documented_fields(
+    client: FlaskClient, conn: redis.Redis, settings: Settings
+) -> None:
+    """GET /api/customers/<id> answers every documented field with its documented type."""
+    put(conn, 501, orders=3, metafields=[{"namespace": "facts", "key": "birth_date",
+                                          "value": "1991-02-03"}])  # fmt: skip
+    response = client.get("/api/customers/501", headers=auth(settings))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["id"] == 501 and body["email"] == "c501@example.com"
+    assert (body["first_name"], body["last_name"]) == ("Aoi", "Kato")
+    assert body["orders_count"] == 3 and body["total_spent"] == "36000.00"
+    assert body["currency"] == "JPY" and body["segment"] == "loyal"
+    assert body["first_order_at"] == "2026-06-10T00:00:00+00:00"
+    assert body["last_order_at"] == "2026-06-12T00:00:00+00:00"
+    assert body["birthday"] == "1991-02-03" and body["email_marketing_state"] == "SUBSCRIBED"
+    assert body["tags"] == []
+
+
+def test_another_shops_customer_is_not_found(
+    client: FlaskClient, conn: redis.Redis, settings: Settings
+) -> None:
+    """A token of shop A asking for a customer that only shop B has gets 404, not B's data;
+    a request naming shop B in the query string is refused; no token gets 401."""
+    put(conn, 777, shop=OTHER_SHOP)
+    assert client.get("/api/customers/777", headers=auth(settings)).status_code == 404
+    named = client.get(f"/api/customers/777?shop={OTHER_SHOP}", headers=auth(settings))
+    assert named.status_code == 403
+    assert client.get("/api/customers/777").status_code == 401
+    assert client.get("/api/customers/777", headers=auth(settings, OTHER_SHOP)).status_code == 200
+
+
+def test_segments_and_filtered_lists(
+    client: FlaskClient, conn: redis.Redis, settings: Settings
+) -> None:
+    """Segment counts add up; a list filtered by segment and birthday month holds exactly the
+    customers in both; a bad filter value gets 400 naming the field."""
+    put(conn, 1, orders=1)
+    put(conn, 2, orders=3)
+    put(conn, 3, metafields=[{"namespace": "facts", "key": "birth_date", "value": "1990-03-01"}])
+    put(conn, 4, orders=1, metafields=[{"namespace": "facts", "key": "birth_date",
+                                        "value": "1990-03-09"}])  # fmt: skip
+    counts = client.get("/api/segments", headers=auth(settings)).get_json()
+    assert counts == {"prospect": 1, "new": 2, "repeat": 0, "loyal": 1, "dormant": 0,
+                      "churned": 0}  # fmt: skip
+    page = client.get("/api/customers?segment=new&birthday_month=3", headers=auth(settings))
+    assert [c["id"] for c in page.get_json()["customers"]] == [4]
+    bad = client.get("/api/customers?segment=vip", headers=auth(settings))
+    assert bad.status_code == 400 and bad.get_json()["field"] == "segment"
+
+
+def test_search_by_name_email_and_order_number(
+    client: FlaskClient, conn: redis.Redis, settings: Settings
+) -> None:
+    """``q`` finds customers by email prefix, by name and by order number, from the search
+    index; an unknown term finds nobody."""
+    put(conn, 11, orders=1)
+    put(conn, 12, first_name="Ren", last_name="Mori")
+
+    def ids(q: str) -> list[int]:
+        body = client.get(f"/api/customers?q={q}", headers=auth(settings)).get_json()
+        return sorted(c["id"] for c in body["customers"])
+
+    assert ids("c12@") == [12]
+    assert ids("ren") == [12]
+    assert ids("aoi") == [11]
+    assert ids("%23110") == [11]  # "#110", the order name
+    assert ids("zzz") == []
+
+
+def test_csv_export_neutralises_formulas(
+    client: FlaskClient, conn: redis.Redis, settings: Settings
+) -> None:
+    """A name starting with '=', '+', '-' or '@' is exported with a leading quote, so a
+    spreadsheet shows it instead of running it; every filtered customer is a row."""
+    put(conn, 21, first_name='=HYPERLINK("http://x")', last_name="+1")
+    put(conn, 22, first_name="@SUM(A1)", last_name="-2")
+    response = client.get("/api/customers.csv?consent=subscribed", headers=auth(settings))
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert sorted(r["customer_id"] for r in rows) == ["21", "22"]
+    for row in rows:
+        for cell in (row["first_name"], row["last_name"]):
+            assert cell[0] == "'", cell
+
+
+def test_backfill_progress_and_data_export(
+    client: FlaskClient, conn: redis.Redis, settings: Settings
+) -> None:
+    """Progress reads the backfill hash; the data export is the stored data-request JSON of
+    that customer, and 404 for a customer the shop does not have."""
+    conn.hset(backfill.progress_key(SHOP), mapping={
+        "status": "running", "customers_line": 40, "orders_line": 2, "customers_total": 50,
+        "started_at": NOW.isoformat(),
+    })  # fmt: skip
+    body = client.get("/api/backfill", headers=auth(settings)).get_json()
+    assert body["status"] == "running" and body["rows_done"] == 42 and body["rows_total"] is None
+    put(conn, 31, orders=1)
+    privacy.store_export(conn, SHOP, 31, now=NOW, request_id=5)
+    export = client.get("/api/customers/31/data_export", headers=auth(settings)).get_json()
+    assert export["profile"]["email"] == "c31@example.com" and export["data_request_id"] == 5
+    assert client.get("/api/customers/99/data_export", headers=auth(settings)).status_code == 404

@@ -1,0 +1,193 @@
+"""Reconcile: repair what webhooks missed by reading what changed in Shopify.
+
+Every :data:`PERIOD` the scheduler loop calls :func:`schedule_all`, which enqueues one
+``worker.reconcile.run(shop)`` per installed shop (queue ``bulk``, once per period). ``run``
+pages through ``customers(query: "updated_at:>…")`` and ``orders(…)`` with the existing
+``CustomersUpdatedSince`` / ``OrdersUpdatedSince`` documents (each page well under Shopify's
+1,000-point limit; the shared Admin client paces pages by the shop's cost budget), turns every
+node into the events a webhook would have produced (:mod:`crm.graphql_events`) and merges them
+exactly like webhooks (idempotent: a profile that was right stays byte-identical). The
+watermark (``kizuna:{shop}:reconcile``) is the start time of the last complete run; the next
+run reads from :data:`OVERLAP` before it, so a change written while a run was paging is read
+again rather than lost. A missed webhook is therefore repaired within one period.
+
+``rebuild`` (``kizuna rebuild --shop X``) drops the shop's profile cache and reads everything
+again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+
+from crm.errors import ShopUnavailable, ValidationError
+from crm.events import Event, OrderUpserted
+from crm.graphql_events import customer_events, order_event
+from plugin import shops
+
+from . import backfill, profile_store, search_index
+from .queues import BULK, enqueue
+
+log = logging.getLogger(__name__)
+
+PERIOD = timedelta(minutes=15)
+OVERLAP = timedelta(minutes=5)
+FIRST_LOOKBACK = timedelta(days=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+RUN_JOB = "worker.reconcile.run"
+
+
+def state_key(shop: str) -> str:
+    return f"kizuna:{shop}:reconcile"
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- scheduling --------------------------------------------------------------------------------
+
+
+def schedule_all(conn: redis.Redis, now: datetime) -> list[str]:
+    """Enqueue a reconcile for every installed shop, once per period; answer those enqueued."""
+    bucket = int(now.timestamp() // PERIOD.total_seconds())
+    done = []
+    for raw in sorted(conn.smembers(shops.SHOPS_KEY)):  # type: ignore[type-var,unused-ignore]
+        shop = raw.decode() if isinstance(raw, bytes) else str(raw)
+        record = shops.load(conn, shop)
+        if record is None or not record.active:
+            continue
+        claim = f"{state_key(shop)}:claim:{bucket}"
+        if not conn.set(claim, "1", nx=True, ex=int(PERIOD.total_seconds() * 2)):
+            continue
+        try:
+            enqueue(conn, RUN_JOB, shop, queue=BULK,
+                    job_id=f"reconcile-{shops.shop_handle(shop)}-{bucket}")  # fmt: skip
+        except BaseException:
+            conn.delete(claim)
+            raise
+        done.append(shop)
+    return done
+
+
+def run(shop: str) -> dict[str, Any] | str:
+    """RQ job: reconcile one shop since its watermark."""
+    from .app_events import job_context
+
+    return reconcile_shop(job_context(), shop)
+
+
+# --- the work ----------------------------------------------------------------------------------
+
+
+def reconcile_shop(
+    ctx: Any, shop: str, *, since: datetime | None = None, now: datetime | None = None
+) -> dict[str, Any] | str:
+    """Read customers and orders updated since ``since`` (default: the watermark less the
+    overlap) and merge them; answer counts, or ``"stale"`` for a shop not installed."""
+    from plugin.tokens import fresh_access_token
+
+    from .ingest import thresholds_for
+
+    conn: redis.Redis = ctx.conn
+    started = now or ctx.clock.now()
+    record = shops.load(conn, shop)
+    if record is None or not record.active:
+        return "stale"
+    if since is None:
+        mark = conn.hget(state_key(shop), "watermark")
+        since = (
+            datetime.fromisoformat(str(mark.decode() if isinstance(mark, bytes) else mark))
+            - OVERLAP
+            if mark
+            else started - FIRST_LOOKBACK
+        )
+    try:
+        token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
+    except ShopUnavailable:
+        return "stale"
+    admin = ctx.admin_client()
+    query = f"updated_at:>'{_iso(since)}'"
+    thresholds = thresholds_for(conn, shop)
+    counts = {"customers": 0, "orders": 0, "changed": 0, "skipped": 0}
+    changed: set[int] = set()
+    from plugin.graphql import CUSTOMERS_UPDATED_SINCE, ORDERS_UPDATED_SINCE
+
+    for kind, document in (
+        ("customers", CUSTOMERS_UPDATED_SINCE),
+        ("orders", ORDERS_UPDATED_SINCE),
+    ):
+        for nodes in _pages(admin, shop, token, document, kind, query):
+            by_customer: dict[int, list[Event]] = {}
+            for node in nodes:
+                counts[kind] += 1
+                try:
+                    found = customer_events(node) if kind == "customers" else [order_event(node)]
+                except ValidationError as exc:
+                    counts["skipped"] += 1
+                    log.warning("reconcile: %s skipped: %s", kind, exc, extra={"shop": shop})
+                    continue
+                for event in found:
+                    if isinstance(event, OrderUpserted) and event.customer_id is None:
+                        continue
+                    by_customer.setdefault(event.customer_ids[0], []).append(event)
+            if by_customer:
+                changed |= set(
+                    backfill.merge_events(
+                        conn, shop, by_customer, now=started, thresholds=thresholds
+                    )
+                )
+    counts["changed"] = len(changed)
+    _notify(conn, shop, sorted(changed))
+    conn.hset(
+        state_key(shop),
+        mapping={"watermark": started.isoformat(), "last_run": ctx.clock.now().isoformat(),
+                 **{k: str(v) for k, v in counts.items()}},
+    )  # fmt: skip
+    log.info("reconciled: %s", counts, extra={"shop": shop})
+    return counts
+
+
+def _pages(
+    admin: Any, shop: str, token: str, document: Any, kind: str, query: str
+) -> Iterator[list[Mapping[str, Any]]]:
+    after: str | None = None
+    while True:
+        data = admin.execute(shop, token, document, {"query": query, "after": after})
+        connection = data.get(kind) or {}
+        yield list(connection.get("nodes") or [])
+        page = connection.get("pageInfo") or {}
+        if not page.get("hasNextPage") or not page.get("endCursor"):
+            return
+        after = str(page["endCursor"])
+
+
+def _notify(conn: redis.Redis, shop: str, customer_ids: list[int]) -> None:
+    """Tell the sequence engine which profiles changed."""
+    from worker.steps import on_profile_changed
+
+    for cid in customer_ids:
+        on_profile_changed(conn, shop, cid)
+
+
+def rebuild(ctx: Any, shop: str) -> dict[str, Any] | str:
+    """Drop the shop's profile cache (profiles, indexes, search index, order index) and read
+    every customer and order from Shopify again."""
+    conn: redis.Redis = ctx.conn
+    patterns = ("profile:*", "idx:*")
+    with conn.pipeline(transaction=False) as pipe:
+        for pattern in patterns:
+            for key in conn.scan_iter(f"kizuna:{shop}:{pattern}", count=1000):
+                pipe.delete(key)
+        pipe.delete(
+            profile_store.indexes_key(shop),
+            profile_store.order_customer_key(shop),
+            search_index.search_key(shop),
+            state_key(shop),
+        )
+        pipe.execute()
+    return reconcile_shop(ctx, shop, since=EPOCH)
