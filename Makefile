@@ -16,6 +16,9 @@ run: $(STAMP)
 	$(BIN)/kizuna run
 
 test: $(STAMP)
+	@# Debian's Chromium drives the browser tests; a Japanese font makes the screenshots legible.
+	command -v chromium >/dev/null && fc-list :lang=ja | grep -q . || \
+		(apt-get update -qq && apt-get install -y -qq chromium fonts-ipafont-gothic >/dev/null)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from flask import Flask, current_app, jsonify
@@ -43,6 +44,11 @@ def create_app(
     from webhooks.receiver import bp as webhooks_bp
 
     app.register_blueprint(webhooks_bp)
+    # app.toml's webhook URIs are relative to application_url, which ends in /app: answer
+    # under that prefix too, whichever way the relative URI is joined.
+    prefix = urlsplit(settings.app_config.application_url).path.rstrip("/")
+    if prefix:
+        app.register_blueprint(webhooks_bp, url_prefix=prefix, name="webhooks_under_app")
     from .auth import api as shop_api_bp
     from .auth import bp as auth_bp
 
@@ -54,6 +60,13 @@ def create_app(
     from .api_sequences import bp as sequences_api_bp
 
     app.register_blueprint(sequences_api_bp)
+    from .api_analytics import bp as analytics_api_bp
+    from .api_settings import bp as settings_api_bp
+    from .embedded import bp as embedded_bp
+
+    app.register_blueprint(embedded_bp)
+    app.register_blueprint(analytics_api_bp)
+    app.register_blueprint(settings_api_bp)
 
     @app.get("/healthz")
     def healthz() -> Any:

@@ -84,7 +84,7 @@ def app_home() -> Any:
             raw_token, api_key=settings.api_key, api_secret=settings.api_secret, now=res.clock.now()
         )
     except InvalidSessionToken:
-        return _bounce_or_refuse(shop_param)
+        return bounce_or_refuse(shop_param)
     if shop_param is not None and _normalized(shop_param) != session.shop:
         return _error_page(400, "The shop parameter does not match the session.")
     g.csp_shop = session.shop
@@ -92,7 +92,7 @@ def app_home() -> Any:
         record = _ensure_installed(res.redis, settings, session, res.clock.now())
     except tokens.TokenRejected:
         # Shopify refused the ID token at exchange (expired on the way…): fetch a fresh one.
-        return _bounce_or_refuse(session.shop)
+        return bounce_or_refuse(session.shop)
     except TransientShopifyError:
         return _error_page(503, "Shopify could not be reached. Please reload in a moment.")
     return render_template(
@@ -111,7 +111,7 @@ def _normalized(value: str) -> str | None:
         return None
 
 
-def _bounce_or_refuse(shop_param: str | None) -> Any:
+def bounce_or_refuse(shop_param: str | None) -> Any:
     shop = _normalized(shop_param) if shop_param else None
     if shop is None:
         return _error_page(400, "Open Kizuna from your Shopify admin.")

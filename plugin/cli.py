@@ -38,7 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--port", type=int, default=8081)
     dev.add_argument("action", nargs="?", choices=["serve", "seed"], default="serve")
 
-    run = sub.add_parser("run", help="devstore, web app and worker together (development)")
+    run = sub.add_parser(
+        "run", help="devstore, web app, worker and scheduler together (development)"
+    )
     run.add_argument("--port", type=int, default=8080)
     run.add_argument("--devstore-port", type=int, default=8081)
 
@@ -204,6 +206,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         subprocess.Popen([*kizuna, "devstore", "--port", str(args.devstore_port)], env=env),
         subprocess.Popen([*kizuna, "web", "--port", str(args.port), "--workers", "1"], env=env),
         subprocess.Popen([*kizuna, "worker"], env=env),
+        subprocess.Popen([*kizuna, "scheduler", "--interval", "5"], env=env),
     ]
     try:
         from devstore.server import wait_and_seed

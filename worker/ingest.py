@@ -158,9 +158,12 @@ def _profiles_changed(conn: redis.Redis, shop: str, event: Event) -> None:
 
 
 def thresholds_for(conn: redis.Redis, shop: str) -> Thresholds:
-    """Segment thresholds in the shop's currency (defaults until the merchant tunes them)."""
+    """The merchant's segment thresholds, or the defaults in the shop's currency."""
+    from plugin.api_settings import load_settings, settings_key
     from plugin.shops import load as load_shop
 
+    if conn.exists(settings_key(shop)):
+        return load_settings(conn, shop).thresholds
     record = load_shop(conn, shop)
     currency = record.facts.currency if record is not None and record.facts else None
     return Thresholds.for_currency(currency or None)
