@@ -17,6 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from graphql import (
     GraphQLError,
+    GraphQLScalarType,
     GraphQLSchema,
     OperationDefinitionNode,
     build_schema,
@@ -53,6 +54,15 @@ def schema() -> GraphQLSchema:
     install_query(_ctx_of, s.query_type.fields)
     install_discount_queries(_ctx_of, s.query_type.fields)
     install_mutations(_ctx_of, s.mutation_type.fields)
+    from .consent import parse_datetime
+
+    date_time = s.type_map["DateTime"]
+    assert isinstance(date_time, GraphQLScalarType)
+    # Shopify refuses a DateTime that is not ISO 8601 (graphql-core 3.3 coerces variables
+    # with coerce_input_value, literals through parse_literal → parse_value)
+    date_time.coerce_input_value = date_time.parse_value = (  # type: ignore[method-assign]
+        lambda value: (parse_datetime(value), value)[1]
+    )
     from . import bulk
 
     bulk.install(_ctx_of, s.query_type.fields, s.mutation_type.fields)

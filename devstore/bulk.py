@@ -14,12 +14,28 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from graphql import GraphQLError, execute_sync, parse, validate
+import orjson
+from graphql import (
+    ArgumentNode,
+    DocumentNode,
+    FieldNode,
+    GraphQLError,
+    IntValueNode,
+    NameNode,
+    OperationDefinitionNode,
+    StringValueNode,
+    execute_sync,
+    parse,
+    validate,
+)
 
 from .resolvers import Ctx
-from .state import gid
+from .state import Store, gid
 
 MAX_RUNNING = 5
+PAGE = 250  # root nodes per page of a bulk query
+PAGE_INFO = "devstorePageInfo_"  # alias of the pageInfo the devstore adds to page through
+ROWS_PER_WRITE = 500
 FILE_KEY = "devstore:files:{key}"
 
 
@@ -51,6 +67,26 @@ def _running(ctx: Ctx, kind: str) -> int:
 
 def _err(message: str, code: str, field: list[str] | None = None) -> dict[str, Any]:
     return {"field": field, "message": message, "code": code}
+
+
+def _syntax_error(text: str, exc: GraphQLError) -> str:
+    """graphql-ruby's wording: ``syntax error, unexpected end of file at [1, 21]`` (the position
+    of the last token read) or ``syntax error, unexpected X at [line, col]``."""
+    from graphql.language import Lexer, Source, TokenKind
+
+    line, col = (exc.locations[0].line, exc.locations[0].column) if exc.locations else (1, 1)
+    if "<EOF>" in exc.message:
+        lexer = Lexer(Source(text))
+        last = None
+        try:
+            while (tok := lexer.advance()).kind != TokenKind.EOF:
+                last = tok
+        except GraphQLError:
+            pass
+        if last is not None:
+            line, col = last.line, last.column
+        return f"syntax error, unexpected end of file at [{line}, {col}]"
+    return f"syntax error, unexpected {exc.message.split('Unexpected ')[-1]} at [{line}, {col}]"
 
 
 def run_query(ctx: Ctx, query: str, groupObjects: bool = False) -> dict[str, Any]:
@@ -108,14 +144,13 @@ def run_mutation(
 ) -> dict[str, Any]:
     try:
         doc = parse(mutation)
-    except GraphQLError:
+    except GraphQLError as exc:
         return {
             "bulkOperation": None,
             "userErrors": [
                 _err(
-                    "Failed to parse the mutation - Invalid mutation: syntax error",
+                    f"Failed to parse the mutation - {_syntax_error(mutation, exc)}",
                     "INVALID_MUTATION",
-                    ["mutation"],
                 )
             ],
         }
@@ -129,7 +164,11 @@ def run_mutation(
         return {
             "bulkOperation": None,
             "userErrors": [
-                _err("You must use an allowed mutation name.", "INVALID_MUTATION", ["mutation"])
+                {
+                    "field": ["mutation"],
+                    "message": "You must use an allowed mutation name.",
+                    "code": None,
+                }
             ],
         }
     if ctx.store.conn.get(FILE_KEY.format(key=stagedUploadPath)) is None:
@@ -144,6 +183,18 @@ def run_mutation(
                     None,
                 )
             ],
+        }
+    from .admin_api import schema
+
+    invalid = validate(schema(), doc)
+    if invalid or not any(
+        isinstance(d, OperationDefinitionNode) and d.operation.value == "mutation"
+        for d in doc.definitions
+    ):
+        message = invalid[0].message if invalid else "the document is not a mutation"
+        return {
+            "bulkOperation": None,
+            "userErrors": [_err(f"Invalid mutation: {message}", "INVALID_MUTATION", ["mutation"])],
         }
     if _running(ctx, "MUTATION") >= MAX_RUNNING:
         return {
@@ -169,7 +220,8 @@ def run_mutation(
 
 
 def _flatten(value: Any, parent: str | None, out: list[dict[str, Any]]) -> int:
-    """Connections in ``value`` → JSONL rows; answer how many root rows were written."""
+    """Connections in ``value`` → JSONL rows (a node, then its children with ``__parentId``);
+    answer how many rows were written at this level."""
     roots = 0
     if isinstance(value, dict):
         for v in value.values():
@@ -189,43 +241,250 @@ def _flatten(value: Any, parent: str | None, out: list[dict[str, Any]]) -> int:
     return roots
 
 
+def _with(node: Any, **changes: Any) -> Any:
+    """A copy of a (frozen) graphql-core AST node with some attributes replaced."""
+    return type(node)(**{**{k: getattr(node, k) for k in node.keys}, **changes})
+
+
+def _root_position(doc: DocumentNode) -> tuple[int, int] | None:
+    """(definition index, selection index) of the first root field with a selection set."""
+    for i, d in enumerate(doc.definitions):
+        if isinstance(d, OperationDefinitionNode):
+            for j, sel in enumerate(d.selection_set.selections):
+                if isinstance(sel, FieldNode) and sel.selection_set is not None:
+                    return i, j
+    return None
+
+
+def _page_doc(doc: DocumentNode, at: tuple[int, int], after: str | None) -> DocumentNode:
+    """The document with its root connection limited to one page (``first``/``after``) and a
+    ``pageInfo`` added under an alias, to know where the next page starts."""
+    i, j = at
+    op = doc.definitions[i]
+    assert isinstance(op, OperationDefinitionNode)
+    root = op.selection_set.selections[j]
+    assert isinstance(root, FieldNode) and root.selection_set is not None
+    args = [a for a in root.arguments or () if a.name.value not in {"first", "after"}]
+    args.append(ArgumentNode(name=NameNode(value="first"), value=IntValueNode(value=str(PAGE))))
+    if after:
+        args.append(ArgumentNode(name=NameNode(value="after"), value=StringValueNode(value=after)))
+    info = _PAGE_INFO_FIELD
+    new_root = _with(
+        root,
+        arguments=tuple(args),
+        selection_set=_with(root.selection_set, selections=(*root.selection_set.selections, info)),
+    )
+    sels = list(op.selection_set.selections)
+    sels[j] = new_root
+    new_op = _with(op, selection_set=_with(op.selection_set, selections=tuple(sels)))
+    defs = list(doc.definitions)
+    defs[i] = new_op
+    return _with(doc, definitions=tuple(defs))
+
+
+_PAGE_INFO_FIELD = next(
+    iter(
+        d.selection_set.selections
+        for d in parse("{ " + PAGE_INFO + ": pageInfo { hasNextPage endCursor } }").definitions
+        if isinstance(d, OperationDefinitionNode)
+    )
+)[0]
+
+
+def _append(conn: Any, key: str, rows: list[dict[str, Any]]) -> int:
+    """Write rows to the end of the file; answer the bytes written."""
+    if not rows:
+        return 0
+    chunk = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+    conn.append(key, chunk)
+    return len(chunk)
+
+
+def _run_query(ctx: Ctx, op: dict[str, Any], path: str) -> tuple[int, int, int]:
+    """Run a bulk query one page of the root connection at a time, appending each page's rows
+    to the file as it goes (the file grows; the rows are never all in memory)."""
+    from .admin_api import schema
+
+    doc = parse(op["query"])
+    at = _root_position(doc)
+    size = objects = roots = 0
+    after: str | None = None
+    while True:
+        page_doc = _page_doc(doc, at, after) if at is not None else doc
+        result = execute_sync(schema(), page_doc, context_value=ctx)
+        rows: list[dict[str, Any]] = []
+        roots += _flatten(_strip_page_info(result.data or {}), None, rows)
+        objects += len(rows)
+        size += _append(ctx.store.conn, path, rows)
+        page = _page_info(result.data or {})
+        if at is None or not page.get("hasNextPage") or not page.get("endCursor"):
+            return size, objects, roots
+        after = page["endCursor"]
+
+
+def _page_info(data: dict[str, Any]) -> dict[str, Any]:
+    for v in data.values():
+        if isinstance(v, dict) and PAGE_INFO in v:
+            return v[PAGE_INFO] or {}
+    return {}
+
+
+def _strip_page_info(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: ({kk: vv for kk, vv in v.items() if kk != PAGE_INFO} if isinstance(v, dict) else v)
+        for k, v in data.items()
+    }
+
+
+def _flush(ctx: Ctx) -> None:
+    if isinstance(ctx.store, _BulkStore):
+        ctx.store.flush()
+
+
+def _run_mutation(ctx: Ctx, op: dict[str, Any], path: str) -> tuple[int, int, int]:
+    """Run the mutation once per line of the uploaded JSONL; write one result row per line
+    (``data`` or ``errors``, with ``__lineNumber``). Lines run in batches of
+    ``ROWS_PER_WRITE``: the records they name are read at once, their writes and webhooks
+    go out in one pipeline after the batch, then the batch's result rows are appended."""
+    from .admin_api import schema
+
+    raw = ctx.store.conn.get(FILE_KEY.format(key=op["upload"])) or b""
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    doc = parse(op["query"])
+    size = lines = 0
+    all_lines = text.splitlines()
+    for start in range(0, len(all_lines), ROWS_PER_WRITE):
+        batch = list(enumerate(all_lines[start : start + ROWS_PER_WRITE], start=start))
+        parsed: list[tuple[int, Any]] = []
+        for n, line in batch:
+            if not line.strip():
+                continue
+            try:
+                parsed.append((n, json.loads(line)))
+            except ValueError as exc:
+                parsed.append((n, exc))
+        if isinstance(ctx.store, _BulkStore):
+            ctx.store.prefetch(
+                ctx.shop,
+                [
+                    v["id"]
+                    for _, v in parsed
+                    if isinstance(v, dict) and isinstance(v.get("id"), str)
+                ],
+            )
+        rows: list[dict[str, Any]] = []
+        for n, variables in parsed:
+            row: dict[str, Any]
+            if isinstance(variables, ValueError):
+                row = {"errors": [{"message": f"Invalid JSON on line {n + 1}: {variables}"}]}
+            else:
+                res = execute_sync(schema(), doc, context_value=ctx, variable_values=variables)
+                row = {"data": res.data}
+                if res.errors:
+                    row["errors"] = [e.formatted for e in res.errors]
+            row["__lineNumber"] = n
+            rows.append(row)
+        _flush(ctx)
+        size += _append(ctx.store.conn, path, rows)
+        lines += len(rows)
+    return size, lines, lines
+
+
+class _BulkStore(Store):
+    """The store a bulk mutation runs on: the shop record is read once for the whole run
+    (every line's payload needs its time zone and currency), and webhook events are collected
+    and sent in batches (:meth:`flush_events`), in order, as Shopify fires them for each line."""
+
+    def emit(self, shop: str, topic: str, payload: dict[str, Any]) -> None:
+        if self.webhooks:
+            self.__dict__.setdefault("_events", []).append((shop, topic, payload))
+
+    # Records the lines of one batch name are read in one HMGET and written in one pipeline.
+
+    def prefetch(self, shop: str, gids: list[str]) -> None:
+        from .state import KIND_OF_GID_TYPE, parse_gid
+
+        wanted: dict[str, list[int]] = {}
+        for value in gids:
+            parsed = parse_gid(value)
+            if parsed and parsed[0] in KIND_OF_GID_TYPE:
+                wanted.setdefault(KIND_OF_GID_TYPE[parsed[0]], []).append(parsed[1])
+        cache: dict[tuple[str, str, int], Any] = self.__dict__.setdefault("_records", {})
+        for kind, ids in wanted.items():
+            found: Any = self.conn.hmget(self._kind_key(shop, kind), [str(i) for i in ids])
+            for rid, raw in zip(ids, found, strict=True):
+                cache[(shop, kind, rid)] = json.loads(raw) if raw else None
+
+    def get(self, shop: str, kind: str, record_id: int | str) -> dict[str, Any] | None:
+        cache = self.__dict__.get("_records", {})
+        key = (shop, kind, int(record_id))
+        if key in cache:
+            record = cache[key]
+            return None if record is None else json.loads(json.dumps(record))
+        return super().get(shop, kind, record_id)
+
+    def put(
+        self, shop: str, kind: str, record: dict[str, Any], *, pipe: Any | None = None
+    ) -> dict[str, Any]:
+        if pipe is not None:
+            return super().put(shop, kind, record, pipe=pipe)
+        self.__dict__.setdefault("_records", {})[(shop, kind, int(record["id"]))] = record
+        self.__dict__.setdefault("_writes", {})[(shop, kind, int(record["id"]))] = record
+        return record
+
+    def flush(self) -> None:
+        """Write the batch's records, then send its webhook events."""
+        writes = self.__dict__.pop("_writes", {})
+        self.__dict__.pop("_records", None)
+        if writes:
+            with self.conn.pipeline(transaction=False) as pipe:
+                for (shop, kind, _), record in writes.items():
+                    super().put(shop, kind, record, pipe=pipe)
+                pipe.execute()
+        self.flush_events()
+
+    def flush_events(self) -> None:
+        from . import webhooks_out
+
+        events = self.__dict__.pop("_events", [])
+        by_shop: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for shop, topic, payload in events:
+            by_shop.setdefault(shop, []).append((topic, payload))
+        for shop, batch in by_shop.items():
+            webhooks_out.emit_many(self.conn, shop, batch, now=self.clock.now())
+
+    def get_shop(self, shop: str) -> dict[str, Any] | None:
+        memo: dict[str, Any] = self.__dict__.setdefault("_shops", {})
+        if shop not in memo:
+            memo[shop] = super().get_shop(shop)
+        return memo[shop]
+
+
 def advance(ctx: Ctx, op: dict[str, Any]) -> dict[str, Any]:
     """Move an operation one step: CREATED → RUNNING → COMPLETED (with its file)."""
     if op["status"] == "CREATED":
         op["status"] = "RUNNING"
     elif op["status"] == "RUNNING":
-        from .admin_api import schema
-
-        rows: list[dict[str, Any]] = []
-        if op["type"] == "QUERY":
-            result = execute_sync(schema(), parse(op["query"]), context_value=ctx)
-            roots = _flatten(result.data or {}, None, rows)
-        else:
-            raw = ctx.store.conn.get(FILE_KEY.format(key=op["upload"])) or b""
-            doc = parse(op["query"])
-            roots = 0
-            for n, line in enumerate(
-                (raw.decode() if isinstance(raw, bytes) else raw).splitlines()
-            ):
-                if not line.strip():
-                    continue
-                res = execute_sync(
-                    schema(), doc, context_value=ctx, variable_values=json.loads(line)
-                )
-                row: dict[str, Any] = {"data": res.data, "__lineNumber": n}
-                if res.errors:
-                    row["errors"] = [e.formatted for e in res.errors]
-                rows.append(row)
-                roots += 1
-        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         key = f"bulk/{ctx.shop}/{op['id']}/{uuid.uuid4().hex}.jsonl"
-        ctx.store.conn.set(FILE_KEY.format(key=key), body.encode())
+        path = FILE_KEY.format(key=key)
+        ctx.store.conn.set(path, b"")
+        if op["type"] == "QUERY":
+            # reads see one snapshot of each kind (and no N+1 round trips per node)
+            bulk_ctx = Ctx(store=ctx.store, shop=ctx.shop, base_url=ctx.base_url, cache={})
+            size, objects, roots = _run_query(bulk_ctx, op, path)
+        else:
+            bulk_ctx = Ctx(
+                store=_BulkStore(ctx.store.conn, ctx.store.clock, webhooks=ctx.store.webhooks),
+                shop=ctx.shop,
+                base_url=ctx.base_url,
+            )
+            size, objects, roots = _run_mutation(bulk_ctx, op, path)
         op.update(
             status="COMPLETED",
             completed_at=ctx.store.now_iso(),
-            file_key=key,
-            file_size=len(body.encode()),
-            object_count=len(rows),
+            file_key=key if size else None,
+            file_size=size if size else None,
+            object_count=objects,
             root_object_count=roots,
         )
         ctx.store.put(ctx.shop, "bulk_operations", op)

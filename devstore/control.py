@@ -80,8 +80,8 @@ def _customer_view(store: Store, shop: str, c: dict[str, Any]) -> dict[str, Any]
         "tags": c["tags"],
         "email_marketing_consent": c["email_marketing_consent"],
         "metafields": list((c.get("metafields") or {}).values()),
-        "orders_count": int(graph["numberOfOrders"]),
-        "amount_spent": graph["amountSpent"]["amount"],
+        "orders_count": int(graph["numberOfOrders"](None)),  # lazy fields take ``info``
+        "amount_spent": graph["amountSpent"](None)["amount"],
         "discount_codes": [
             {
                 "id": d["id"],
@@ -207,6 +207,15 @@ def faults(shop: str) -> Any:
     asked = list(b.get("next") or []) + list(b.get("kinds") or [])
     if any(str(k) not in kinds for k in asked):
         return _bad(f"kinds: each must be one of {sorted(kinds)}")
+    limits = {"rate": (0, 1), "latency_ms": (0, 60_000), "timeout_s": (0, 120)}
+    for name, (lo, hi) in limits.items():
+        value = b.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi
+        ):
+            return _bad(f"{name}: must be a number from {lo} to {hi}")
+    if b.get("rate") and not b.get("kinds"):
+        return _bad("kinds: a rate needs the kinds of fault to draw from")
     admin_api.set_faults(_store().conn, shop, b)
     return jsonify(b)
 

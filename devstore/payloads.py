@@ -9,6 +9,8 @@ offset, as Shopify does.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -30,7 +32,8 @@ def _gid(kind: str, rid: int | None) -> str | None:
 
 
 def _address(a: dict[str, Any] | None, **extra: Any) -> dict[str, Any] | None:
-    return None if a is None else {**a, **extra}
+    """An order address: the record's fields plus the geocode Shopify adds (none here)."""
+    return None if a is None else {**a, "latitude": None, "longitude": None, **extra}
 
 
 def customer(store: Store, shop: str, c: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +109,47 @@ def _money_set(amount: str, currency: str) -> dict[str, Any]:
     return {"shop_money": money, "presentment_money": dict(money)}
 
 
+def _line_item(li: dict[str, Any], cur: str) -> dict[str, Any]:
+    """A line item as Shopify writes it in order and fulfilment payloads."""
+    return {
+        "id": li["id"],
+        "admin_graphql_api_id": _gid("LineItem", li["id"]),
+        "current_quantity": li.get("current_quantity", li["quantity"]),
+        "fulfillable_quantity": li["fulfillable_quantity"],
+        "fulfillment_service": "manual",
+        "fulfillment_status": li.get("fulfillment_status"),
+        "gift_card": False,
+        "grams": li.get("grams", 0),
+        "name": li["title"]
+        + (
+            f" - {li['variant_title']}"
+            if li.get("variant_title") and li["variant_title"] != "Default Title"
+            else ""
+        ),
+        "price": li["price"],
+        "price_set": _money_set(li["price"], cur),
+        "product_exists": li.get("product_id") is not None,
+        "product_id": li.get("product_id"),
+        "properties": [],
+        "quantity": li["quantity"],
+        "requires_shipping": li.get("requires_shipping", True),
+        "sku": li.get("sku"),
+        "taxable": li.get("taxable", True),
+        "title": li["title"],
+        "total_discount": "0.00",
+        "total_discount_set": _money_set("0.00", cur),
+        "variant_id": li.get("variant_id"),
+        "variant_inventory_management": "shopify",
+        "variant_title": li.get("variant_title"),
+        "vendor": li.get("vendor"),
+        "tax_lines": [],
+        "duties": [],
+        "discount_allocations": [],
+        "attributed_staffs": [],
+        "sales_line_item_group_id": None,
+    }
+
+
 def order(store: Store, shop: str, o: dict[str, Any]) -> dict[str, Any]:
     cur = o["currency"]
     cust = store.get(shop, "customers", o["customer_id"]) if o.get("customer_id") else None
@@ -113,52 +157,57 @@ def order(store: Store, shop: str, o: dict[str, Any]) -> dict[str, Any]:
     current_total = f"{max(float(o['total_price']) - refunded, 0):.2f}"
     if o.get("cancelled_at"):
         current_total = "0.00"
-    lines = [
-        {
-            "id": li["id"],
-            "admin_graphql_api_id": _gid("LineItem", li["id"]),
-            "current_quantity": li.get("current_quantity", li["quantity"]),
-            "fulfillable_quantity": li["fulfillable_quantity"],
-            "fulfillment_service": "manual",
-            "fulfillment_status": li.get("fulfillment_status"),
-            "gift_card": False,
-            "grams": li.get("grams", 0),
-            "name": li["title"]
-            + (
-                f" - {li['variant_title']}"
-                if li.get("variant_title") and li["variant_title"] != "Default Title"
-                else ""
-            ),
-            "price": li["price"],
-            "price_set": _money_set(li["price"], cur),
-            "product_exists": li.get("product_id") is not None,
-            "product_id": li.get("product_id"),
-            "properties": [],
-            "quantity": li["quantity"],
-            "requires_shipping": li.get("requires_shipping", True),
-            "sku": li.get("sku"),
-            "taxable": li.get("taxable", True),
-            "title": li["title"],
-            "total_discount": "0.00",
-            "total_discount_set": _money_set("0.00", cur),
-            "variant_id": li.get("variant_id"),
-            "variant_inventory_management": "shopify",
-            "variant_title": li.get("variant_title"),
-            "vendor": li.get("vendor"),
-            "tax_lines": [],
-            "duties": [],
-            "discount_allocations": [],
-        }
-        for li in o["line_items"]
-    ]
+    lines = [_line_item(li, cur) for li in o["line_items"]]
     fulfillments = [
         fulfillment(store, shop, f)
         for f in (store.get(shop, "fulfillments", fid) for fid in o.get("fulfillments") or [])
         if f is not None
     ]
+    shop_rec = store.get_shop(shop) or {}
+    token = order_token(o["id"])
+    zero = _money_set("0.00", cur)
+    paid = o["financial_status"] in {"paid", "partially_refunded", "refunded"}
     return {
         "id": o["id"],
         "admin_graphql_api_id": _gid("Order", o["id"]),
+        "app_id": 580111,  # the Online Store channel's app id, as on web orders
+        "browser_ip": None,
+        "cart_token": None,
+        "checkout_token": None,
+        "client_details": None,
+        "confirmation_number": confirmation_number(o["id"]),
+        "current_shipping_price_set": _money_set(o.get("total_shipping", "0.00"), cur),
+        "current_total_additional_fees_set": None,
+        "current_total_duties_set": None,
+        "device_id": None,
+        "duties_included": False,
+        "estimated_taxes": False,
+        "landing_site": None,
+        "landing_site_ref": None,
+        "line_item_groups": [],
+        "location_id": None,
+        "merchant_business_entity_id": base64.b64encode(str(shop_rec.get("id", 0)).encode())
+        .decode()
+        .rstrip("="),
+        "merchant_of_record_app_id": None,
+        "order_status_url": f"https://{shop}/{shop_rec.get('id', 0)}/orders/{token}"
+        f"/authenticate?key={hashlib.sha256(token.encode()).hexdigest()[:32]}",
+        "original_total_additional_fees_set": None,
+        "original_total_duties_set": None,
+        "payment_gateway_names": ["shopify_payments"] if paid else [],
+        "po_number": None,
+        "reference": None,
+        "referring_site": None,
+        "returns": [],
+        "source_identifier": None,
+        "source_url": None,
+        "tax_exempt": bool((cust or {}).get("tax_exempt", False)),
+        "token": token,
+        "total_cash_rounding_payment_adjustment_set": zero,
+        "total_cash_rounding_refund_adjustment_set": _money_set("0.00", cur),
+        "total_tip_received": "0.00",
+        "total_weight": sum(int(li.get("grams", 0)) * li["quantity"] for li in o["line_items"]),
+        "user_id": None,
         "buyer_accepts_marketing": o.get("buyer_accepts_marketing", False),
         "cancel_reason": o.get("cancel_reason"),
         "cancelled_at": local_time(store, shop, o.get("cancelled_at")),
@@ -206,7 +255,7 @@ def order(store: Store, shop: str, o: dict[str, Any]) -> dict[str, Any]:
         "total_tax": o["total_tax"],
         "total_tax_set": _money_set(o["total_tax"], cur),
         "updated_at": local_time(store, shop, o["updated_at"]),
-        "billing_address": o.get("billing_address"),
+        "billing_address": _address(o.get("billing_address")),
         "customer": None
         if cust is None
         else {k: v for k, v in customer(store, shop, cust).items() if k != "addresses"},
@@ -227,9 +276,21 @@ def order(store: Store, shop: str, o: dict[str, Any]) -> dict[str, Any]:
             }
             for r in o.get("refunds") or []
         ],
-        "shipping_address": o.get("shipping_address"),
+        "shipping_address": _address(o.get("shipping_address")),
         "shipping_lines": [],
     }
+
+
+def order_token(order_id: int) -> str:
+    """The order's checkout token: stable per order (Shopify's is random, 32 hex)."""
+    return hashlib.sha256(f"devstore-order:{order_id}".encode()).hexdigest()[:32]
+
+
+def confirmation_number(order_id: int) -> str:
+    """A 9-character code like Shopify's ``XPAV284CT`` (no 0/O/1/I), stable per order."""
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    digest = hashlib.sha256(f"devstore-confirmation:{order_id}".encode()).digest()
+    return "".join(alphabet[b % len(alphabet)] for b in digest[:9])
 
 
 def fulfillment(store: Store, shop: str, f: dict[str, Any]) -> dict[str, Any]:
@@ -246,19 +307,8 @@ def fulfillment(store: Store, shop: str, f: dict[str, Any]) -> dict[str, Any]:
         "location_id": None,
         "origin_address": None,
         "email": order_rec.get("email"),
-        "destination": order_rec.get("shipping_address"),
-        "line_items": [
-            {
-                "id": li["id"],
-                "product_id": li.get("product_id"),
-                "variant_id": li.get("variant_id"),
-                "title": li["title"],
-                "quantity": li["quantity"],
-                "price": li["price"],
-                "sku": li.get("sku"),
-            }
-            for li in f["line_items"]
-        ],
+        "destination": _address(order_rec.get("shipping_address")),
+        "line_items": [_line_item(li, order_rec.get("currency", "JPY")) for li in f["line_items"]],
         "tracking_number": f.get("tracking_number"),
         "tracking_numbers": [f["tracking_number"]] if f.get("tracking_number") else [],
         "tracking_url": f.get("tracking_url"),

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache, cached_property
 from typing import Any
 
 from .state import Store, gid
@@ -26,10 +27,40 @@ class Ctx:
     store: Store
     shop: str
     base_url: str
+    #: Bulk operations read whole kinds once: ``{kind: {id: record}}``; None = no caching.
+    cache: dict[str, dict[int, Any]] | None = None
 
-    @property
+    @cached_property
     def currency(self) -> str:
         return (self.store.get_shop(self.shop) or {}).get("currency", "JPY")
+
+    def _kind(self, kind: str) -> dict[int, dict[str, Any]]:
+        assert self.cache is not None
+        if kind not in self.cache:
+            self.cache[kind] = {int(r["id"]): r for r in self.store.all(self.shop, kind)}
+        return self.cache[kind]
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        if self.cache is None:
+            return self.store.all(self.shop, kind)
+        return list(self._kind(kind).values())
+
+    def get(self, kind: str, record_id: int) -> dict[str, Any] | None:
+        if self.cache is None:
+            return self.store.get(self.shop, kind, record_id)
+        return self._kind(kind).get(int(record_id))
+
+    def customer_orders(self, cid: int) -> list[dict[str, Any]]:
+        if self.cache is None:
+            return self.store.customer_orders(self.shop, cid)
+        if "orders_of" not in self.cache:
+            index: dict[int, Any] = {}
+            for o in self._kind("orders").values():
+                if o.get("customer_id"):
+                    index.setdefault(int(o["customer_id"]), []).append(o)
+            self.cache["orders_of"] = index
+        orders: list[dict[str, Any]] = self.cache["orders_of"].get(int(cid), [])
+        return list(orders)
 
 
 def money(amount: Any, currency: str) -> dict[str, Any]:
@@ -287,21 +318,39 @@ def address_obj(a: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _live_orders(ctx: Ctx, cid: int) -> list[dict[str, Any]]:
-    return [o for o in ctx.store.customer_orders(ctx.shop, cid)]
+    return ctx.customer_orders(cid)
 
 
 def customer_obj(ctx: Ctx, c: dict[str, Any]) -> dict[str, Any]:
     cid = int(c["id"])
     consent = c["email_marketing_consent"]
-    orders = _live_orders(ctx, cid)
-    counted = [o for o in orders if not o.get("cancelled_at")]
-    spent = sum(
-        float(o["total_price"]) - sum(float(r["amount"]) for r in o.get("refunds") or [])
-        for o in counted
-    )
+
+    @cache
+    def orders_and_counted() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        # read only when an order-derived field is asked for (a tagsAdd answer rarely does)
+        orders = _live_orders(ctx, cid)
+        return orders, [o for o in orders if not o.get("cancelled_at")]
+
+    def spent() -> float:
+        return sum(
+            float(o["total_price"]) - sum(float(r["amount"]) for r in o.get("refunds") or [])
+            for o in orders_and_counted()[1]
+        )
+
+    def stats() -> dict[str, str]:
+        group, tier = _rfm(orders_and_counted()[1], ctx)
+        return {"predictedSpendTier": tier, "rfmGroup": group}
+
+    def last_order() -> dict[str, Any] | None:
+        orders = orders_and_counted()[0]
+        return (
+            order_obj(ctx, max(orders, key=lambda o: (o["created_at"], o["id"])))
+            if orders
+            else None
+        )
+
     name = " ".join(x for x in (c.get("first_name"), c.get("last_name")) if x)
     marketing_state = consent["state"].upper()
-    stats_group = _rfm(counted, ctx)
     return {
         "__typename": "Customer",
         "id": gid("customers", cid),
@@ -317,15 +366,11 @@ def customer_obj(ctx: Ctx, c: dict[str, Any]) -> dict[str, Any]:
         "note": c.get("note"),
         "state": (c.get("state") or "disabled").upper(),
         "locale": c.get("locale") or "ja",
-        "numberOfOrders": str(len(counted)),
-        "amountSpent": money(spent, ctx.currency),
-        "lastOrder": lambda info: (
-            order_obj(ctx, max(orders, key=lambda o: (o["created_at"], o["id"])))
-            if orders
-            else None
-        ),
+        "numberOfOrders": lambda info: str(len(orders_and_counted()[1])),
+        "amountSpent": lambda info: money(spent(), ctx.currency),
+        "lastOrder": lambda info: last_order(),
         "orders": lambda info, query=None, sortKey=None, **page: connection(
-            search(_sort(orders, sortKey), query, _order_fields, _order_text),
+            search(_sort(orders_and_counted()[0], sortKey), query, _order_fields, _order_text),
             lambda o: order_obj(ctx, o),
             **page,
         ),
@@ -347,8 +392,9 @@ def customer_obj(ctx: Ctx, c: dict[str, Any]) -> dict[str, Any]:
         else {
             "phoneNumber": c["phone"],
             "marketingState": "NOT_SUBSCRIBED",
-            "marketingOptInLevel": None,
+            "marketingOptInLevel": "SINGLE_OPT_IN",  # as Shopify answers for a new number
             "marketingUpdatedAt": None,
+            "marketingCollectedFrom": None,
         },
         "emailMarketingConsent": None
         if not c.get("email")
@@ -358,11 +404,11 @@ def customer_obj(ctx: Ctx, c: dict[str, Any]) -> dict[str, Any]:
             "consentUpdatedAt": consent.get("consent_updated_at"),
         },
         "smsMarketingConsent": None,
-        "statistics": {"predictedSpendTier": stats_group[1], "rfmGroup": stats_group[0]},
+        "statistics": lambda info: stats(),
         "verifiedEmail": bool(c.get("verified_email", True)),
         "validEmailAddress": bool(c.get("email")),
         "lifetimeDuration": "",
-        "canDelete": not orders,
+        "canDelete": lambda info: not orders_and_counted()[0],
         "taxExempt": False,
         **_metafield_fields(ctx, "CUSTOMER", c),
     }
@@ -439,8 +485,7 @@ def order_obj(ctx: Ctx, o: dict[str, Any]) -> dict[str, Any]:
         "currencyCode": cur,
         "customer": lambda info: (
             customer_obj(ctx, c)
-            if o.get("customer_id")
-            and (c := ctx.store.get(ctx.shop, "customers", o["customer_id"]))
+            if o.get("customer_id") and (c := ctx.get("customers", o["customer_id"]))
             else None
         ),
         "displayFinancialStatus": fin or None,
@@ -465,7 +510,7 @@ def order_obj(ctx: Ctx, o: dict[str, Any]) -> dict[str, Any]:
         "discountCode": (o.get("discount_codes") or [{}])[0].get("code"),
         "fulfillments": lambda info, first=None, query=None: [
             fulfillment_obj(f)
-            for f in (ctx.store.get(ctx.shop, "fulfillments", fid) for fid in o["fulfillments"])
+            for f in (ctx.get("fulfillments", fid) for fid in o["fulfillments"])
             if f
         ][: first or None],
         "refunds": lambda info, first=None: [
@@ -500,12 +545,12 @@ def line_item_obj(ctx: Ctx, li: dict[str, Any], cur: str) -> dict[str, Any]:
         "vendor": li.get("vendor"),
         "product": lambda info: (
             product_obj(ctx, p)
-            if li.get("product_id") and (p := ctx.store.get(ctx.shop, "products", li["product_id"]))
+            if li.get("product_id") and (p := ctx.get("products", li["product_id"]))
             else None
         ),
         "variant": lambda info: (
             variant_obj(ctx, v)
-            if li.get("variant_id") and (v := ctx.store.get(ctx.shop, "variants", li["variant_id"]))
+            if li.get("variant_id") and (v := ctx.get("variants", li["variant_id"]))
             else None
         ),
         "originalUnitPriceSet": money_bag(li["price"], cur),
@@ -705,7 +750,7 @@ def install_query(ctx_of: Callable[[Any], Ctx], fields: dict[str, Any]) -> None:
             savedSearchId: Any = None,
             **page: Any,
         ) -> dict[str, Any]:
-            recs = search(_sort(ctx.store.all(ctx.shop, kind), sortKey), query, f, t)
+            recs = search(_sort(ctx.all(kind), sortKey), query, f, t)
             return connection(recs, lambda rec: to_obj(ctx, rec), **page)
 
         def count(ctx: Ctx, query: str | None = None, limit: int | None = 10_000) -> Any:

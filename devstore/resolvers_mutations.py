@@ -828,6 +828,9 @@ def install_mutations(ctx_of: Callable[[Any], Ctx], fields: dict[str, Any]) -> N
     set_("webhookSubscriptionDelete", webhook_delete)
     set_("standardMetafieldDefinitionEnable", standard_definition_enable)
     set_("flowTriggerReceive", flow_trigger_receive)
+    from . import consent
+
+    set_("customerEmailMarketingConsentUpdate", consent.update)
 
 
 def install_discount_queries(ctx_of: Callable[[Any], Ctx], fields: dict[str, Any]) -> None:

@@ -294,6 +294,7 @@ def seed_demo(
     if store.get_shop(shop) is None:
         store.create_shop(shop, name="Kizuna Demo", timezone="Asia/Tokyo", currency="JPY")
         seed(store, shop, customers=customers, now=clock.now())
+    store.ensure_customer_order_index(shop)
     app = oauth.installed_app(conn, shop)
     if app is None or not app.installed or app.app_url != app_url.rstrip("/"):
         oauth.install(

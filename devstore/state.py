@@ -111,6 +111,11 @@ class Store:
         return f"{PREFIX}{shop}:{kind}"
 
     @staticmethod
+    def customer_orders_key(shop: str, cid: int | str) -> str:
+        """A set of the customer's order ids, so per-customer reads stay O(their orders)."""
+        return f"{PREFIX}{shop}:customer_orders:{cid}"
+
+    @staticmethod
     def codes_key(shop: str) -> str:
         return f"{PREFIX}{shop}:discount_codes"
 
@@ -160,6 +165,8 @@ class Store:
         with self.conn.pipeline() as pipe:
             pipe.set(self._shop_key(shop), json.dumps(record))
             pipe.sadd(SHOPS_KEY, shop)
+            if not existing:  # a new shop's orders are indexed as they are created
+                pipe.set(f"{PREFIX}{shop}:customer_orders_indexed", 1)
             pipe.execute()
         return record
 
@@ -391,8 +398,27 @@ class Store:
         self.emit(shop, "customers/delete", payloads.customer_deleted(record))
         return True
 
+    def ensure_customer_order_index(self, shop: str) -> bool:
+        """Build the per-customer order index for a shop stored before it existed (a devstore
+        Redis kept across upgrades); answer whether it was built now."""
+        marker = f"{PREFIX}{shop}:customer_orders_indexed"
+        if self.conn.exists(marker):
+            return False
+        with self.conn.pipeline(transaction=False) as pipe:
+            for o in self.all(shop, "orders"):
+                if o.get("customer_id"):
+                    pipe.sadd(self.customer_orders_key(shop, o["customer_id"]), o["id"])
+            pipe.set(marker, 1)
+            pipe.execute()
+        return True
+
     def customer_orders(self, shop: str, cid: int) -> list[dict[str, Any]]:
-        return [o for o in self.all(shop, "orders") if o.get("customer_id") == cid]
+        """The customer's orders in id (creation) order, read through the per-customer index."""
+        ids = sorted(int(i) for i in self.conn.smembers(self.customer_orders_key(shop, cid)))
+        if not ids:
+            return []
+        raw = self.conn.hmget(self._kind_key(shop, "orders"), [str(i) for i in ids])
+        return [json.loads(r) for r in raw if r]
 
     # -- metafields ------------------------------------------------------------------------
 
@@ -595,6 +621,7 @@ class Store:
         }
         self.put(shop, "orders", record)
         if cust_id is not None:
+            self.conn.sadd(self.customer_orders_key(shop, cust_id), oid)
             self._touch_customer(shop, cust_id)
         self.emit(shop, "orders/create", payloads.order(self, shop, record))
         if financial == "paid":
@@ -700,6 +727,8 @@ class Store:
         if record is None:
             return False
         self.delete(shop, "orders", oid)
+        if record.get("customer_id"):
+            self.conn.srem(self.customer_orders_key(shop, record["customer_id"]), oid)
         self.emit(shop, "orders/delete", {"id": oid})
         if record.get("customer_id"):
             self._touch_customer(shop, record["customer_id"])

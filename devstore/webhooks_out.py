@@ -159,7 +159,9 @@ def _should_drop(conn: redis.Redis, shop: str, percent: int) -> bool:
 # -- subscriptions and the installed app ------------------------------------------------------
 
 
-def _subscriptions(conn: redis.Redis, shop: str, topic: str, now: datetime) -> list[dict[str, Any]]:
+def _subscriptions(
+    conn: redis.Redis, shop: str, topic: str | None, now: datetime
+) -> list[dict[str, Any]]:
     from plugin.clock import FixedClock
 
     from .state import Store
@@ -207,6 +209,52 @@ def emit(
     for sub in subs:
         body = _body_for(sub, payload)
         _schedule_new(conn, shop, topic, str(sub["uri"]), body, event_id, now, delay, faults)
+
+
+def emit_many(
+    conn: redis.Redis, shop: str, events: list[tuple[str, dict[str, Any]]], *, now: datetime
+) -> None:
+    """:func:`emit` for many events at once (a bulk mutation): the subscriptions and fault
+    switches are read once and the deliveries written in one pipeline. With a fault switch
+    on, each event goes through :func:`emit` so the faults apply exactly as they do there."""
+    faults = get_faults(conn, shop)
+    if faults.drop_percent or faults.duplicates or faults.out_of_order:
+        for topic, payload in events:
+            emit(conn, shop, topic, payload, now=now)
+        return
+    subs: dict[str, list[dict[str, Any]]] = {}
+    for sub in _subscriptions(conn, shop, None, now):
+        subs.setdefault(str(sub["topic"]), []).append(sub)
+    planned = [
+        (topic, sub, payload, event_id)
+        for topic, payload in events
+        for event_id in [str(uuid.uuid4())]
+        for sub in subs.get(topic, [])
+    ]
+    if not planned:
+        return
+    first_seq = int(conn.incrby(_SEQ, len(planned))) - len(planned) + 1
+    due = _ts(now + timedelta(seconds=faults.late_seconds))
+    with conn.pipeline(transaction=False) as pipe:
+        for n, (topic, sub, payload, event_id) in enumerate(planned):
+            delivery_id = str(uuid.uuid4())
+            record: dict[Any, Any] = {
+                "id": delivery_id,
+                "shop": shop,
+                "topic": topic,
+                "uri": str(sub["uri"]),
+                "body": _body_for(sub, payload),
+                "webhook_id": str(uuid.uuid4()),
+                "event_id": event_id,
+                "triggered_at": _iso(now),
+                "attempts": 0,
+                "state": "pending",
+                "seq": first_seq + n,
+                "copy": 0,
+            }
+            pipe.hset(_delivery_key(delivery_id), mapping=record)
+            pipe.zadd(_SCHEDULE, {delivery_id: due})
+        pipe.execute()
 
 
 def _schedule_new(

@@ -7,10 +7,15 @@
  * `X-Shopify-Retry-Invalid-Session-Request: 1` is retried once with a fresh token.
  * Tokens come from the admin frame (postMessage to the parent, as App Bridge does) or, when the
  * page is not framed, straight from the devstore.
+ *
+ * The bounce page: when the page's query holds `shopify-reload=<url>` (the app answered a
+ * document load without a valid ID token), App Bridge takes a fresh ID token and replaces the
+ * page with that URL plus `id_token`. Only a URL on the page's own origin is followed, so the
+ * parameter cannot send a token elsewhere.
  */
 (function () {
   "use strict";
-  var script = document.currentScript;
+  var script = document.currentScript || document.querySelector('script[src*="app-bridge.js"]');
   var src = new URL(script.src, window.location.href);
   var adminBase = src.href.replace(/\/app-bridge\.js(\?.*)?$/, "");
   var params = new URLSearchParams(window.location.search);
@@ -20,6 +25,7 @@
 
   window.addEventListener("message", function (event) {
     var data = event.data || {};
+    if (event.origin !== src.origin) return;
     if (data.type !== "devstore:id_token" || !pending[data.id]) return;
     pending[data.id](data.token);
     delete pending[data.id];
@@ -28,7 +34,10 @@
   function fromDevstore() {
     return origFetch(adminBase + "/apps/kizuna/id_token", { credentials: "omit" })
       .then(function (r) { return r.json(); })
-      .then(function (body) { return body.id_token; });
+      .then(function (body) {
+        if (!body || typeof body.id_token !== "string") throw new Error("devstore: no ID token");
+        return body.id_token;
+      });
   }
 
   function idToken() {
@@ -95,4 +104,24 @@
     },
     loading: function () {},
   };
+
+  function bounce() {
+    var reload = params.get("shopify-reload");
+    if (!reload) return;
+    var target;
+    try {
+      target = new URL(reload, window.location.href);
+    } catch (e) {
+      return;
+    }
+    if (target.origin !== window.location.origin) return;
+    idToken().then(function (token) {
+      target.searchParams.set("id_token", token);
+      window.location.replace(target.href);
+    }, function (error) {
+      if (window.console) window.console.error("App Bridge: no ID token for the reload", error);
+    });
+  }
+
+  bounce();
 })();

@@ -43,3 +43,45 @@ def test_every_type_field_and_argument_exists_with_the_same_type() -> None:
                         problems.append(f"{name}.{fname}({aname}): {a.type} vs {ra and ra.type}")
     assert problems == []
     assert len(ours.type_map) > 100  # the subset is not trivially empty
+
+
+def test_regenerating_the_subset_gives_the_committed_file() -> None:
+    """`python -m devstore.schema_subset <real schema>` reproduces schema.graphql exactly, so
+    the committed file is what the declared list says; --check agrees."""
+    from devstore import schema_subset
+
+    real_path = shared_or_skip(SHOPIFY_SHARED / "admin-2026-07.graphql")
+    committed = resources.files("devstore").joinpath("schema.graphql").read_text(encoding="utf-8")
+    assert schema_subset.render(real_path.read_text(encoding="utf-8")) == committed
+
+
+def test_subset_refuses_declarations_that_do_not_fit() -> None:
+    """Tried: a field Shopify does not have, an unknown type, and a kept field whose object
+    type is not declared. Must not: print a schema; each is named in the error."""
+    import pytest
+    from graphql import parse
+
+    from devstore.schema_subset import ALL, SubsetError, subset
+
+    real = parse(
+        """schema { query: QueryRoot }
+        type QueryRoot { shop: Shop! customer(id: ID!): Customer }
+        type Shop { id: ID! name: String! plan: ShopPlan! }
+        type ShopPlan { partnerDevelopment: Boolean! }
+        type Customer { id: ID! state: CustomerState! }
+        "doc" enum CustomerState { ENABLED DISABLED }"""
+    )
+    good = subset(real, {"QueryRoot": "customer", "Customer": ALL})
+    names = [d.name.value if getattr(d, "name", None) else None for d in good.definitions]  # type: ignore[attr-defined]
+    assert names == [None, "CustomerState", "QueryRoot", "Customer"]
+    cases = {
+        "QueryRoot.nope: no such field": {"QueryRoot": "nope"},
+        "Missing: no such": {"QueryRoot": "shop", "Missing": ALL, "Shop": "id"},
+        "ShopPlan: reached from a kept field but not declared": {
+            "QueryRoot": "shop",
+            "Shop": "plan",
+        },
+    }
+    for message, types in cases.items():
+        with pytest.raises(SubsetError, match=message):
+            subset(real, types)
