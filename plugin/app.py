@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from flask import Flask, current_app, jsonify
+from flask import Flask, current_app, jsonify, redirect, request
 
 from .clock import Clock, DevClock, SystemClock
 from .connections import connect
@@ -67,6 +67,15 @@ def create_app(
     app.register_blueprint(embedded_bp)
     app.register_blueprint(analytics_api_bp)
     app.register_blueprint(settings_api_bp)
+
+    home = urlsplit(settings.app_config.application_url).path.rstrip("/")
+    if home:
+
+        @app.get("/")
+        def root() -> Any:
+            """An admin that opens the app's base URL lands on the embedded page, query kept."""
+            query = request.query_string.decode()
+            return redirect(f"{home}?{query}" if query else home)
 
     @app.get("/healthz")
     def healthz() -> Any:

@@ -74,3 +74,13 @@ def test_cli_stops_on_a_bad_setting_with_one_line() -> None:
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "KIZUNA_ENCRYPTION_KEY" in lines[0]
+
+
+def test_the_base_url_lands_on_the_embedded_page(settings, conn) -> None:
+    """An admin that frames SHOPIFY_APP_URL itself must reach /app with its query intact."""
+    from plugin.app import create_app
+
+    client = create_app(settings, conn=conn).test_client()
+    response = client.get("/?embedded=1&shop=a.myshopify.com")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/app?embedded=1&shop=a.myshopify.com"
