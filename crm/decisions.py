@@ -35,6 +35,10 @@ REASONS: dict[str, tuple[str, str]] = {
         "Not subscribed to email marketing ({state})",
         "メール配信に同意していません（{state}）",
     ),
+    "holdout": (
+        "Held out as the control group ({percent}%)",
+        "効果測定の対照群（{percent}%）",
+    ),
     # deferred
     "frequency_cap": ("Frequency cap: deferred to {until}", "配信頻度の上限のため {until} に延期"),
     "quiet_hours": ("Quiet hours: deferred to {until}", "配信停止時間のため {until} に延期"),

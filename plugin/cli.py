@@ -226,10 +226,16 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         subprocess.Popen([*kizuna, "scheduler", "--interval", "5"], env=env),
     ]
     try:
+        from devstore.demo import first_visit
         from devstore.server import wait_and_seed
 
         url = wait_and_seed(env, args.devstore_port, timeout=30)
-        print(f"\n  Kizuna is running. Open the admin: {url}\n", flush=True)
+        shop = url.split("/store/", 1)[1].split("/", 1)[0]
+        made = first_visit(env, args.devstore_port, shop)
+        print(f"\n  Kizuna is running. Open the admin: {url}", flush=True)
+        if made:
+            print(f"  {made} demo sequences are on: move the clock in the admin to watch them.")
+        print(flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
     except KeyboardInterrupt:
