@@ -31,7 +31,7 @@ from crm.enrolment import Enrolment
 from crm.errors import ValidationError
 from crm.profile import Profile
 from crm.sequence import Sequence
-from worker import deliveries, enrolment_store, profile_store, sequence_store
+from worker import deliveries, enrolment_store, profile_store, sequence_store, steps
 
 from . import shops
 from .api_settings import load_settings, validation_error
@@ -78,9 +78,22 @@ def _enrolments(
     return out
 
 
-def _outcome(enr: Enrolment, profile: Profile, seq: Sequence) -> analytics.Outcome:
-    entered = enr.entered_at or enr.anchor_at
-    steps_done = frozenset(i for i, _ in enr.history)
+def _outcome(
+    enr: Enrolment | None, profile: Profile, seq: Sequence, held_since: datetime | None = None
+) -> analytics.Outcome:
+    """The customer's latest pass through ``seq``: the enrolment, or the holdout record when
+    that is newer (the customer was held out of the latest cycle and got no step)."""
+    held_out = held_since is not None and (
+        enr is None or (enr.entered_at or enr.anchor_at) < held_since
+    )
+    if held_out:
+        assert held_since is not None
+        entered = held_since
+        steps_done: frozenset[int] = frozenset()
+    else:
+        assert enr is not None
+        entered = enr.entered_at or enr.anchor_at
+        steps_done = frozenset(i for i, _ in enr.history)
     offer = None
     for index in sorted(steps_done):
         if index < len(seq.steps) and seq.steps[index].discount is not None:
@@ -93,7 +106,7 @@ def _outcome(enr: Enrolment, profile: Profile, seq: Sequence) -> analytics.Outco
         if offer is not None and any(is_kizuna_code(c) for c in order.discount_codes):
             discount = analytics.discount_value(order.total, offer.kind, offer.value)
         orders.append(analytics.AttributedOrder(order.created_at, order.total, discount))
-    return analytics.Outcome(seq.id, entered, steps_done, held_out=False, orders=tuple(orders))
+    return analytics.Outcome(seq.id, entered, steps_done, held_out=held_out, orders=tuple(orders))
 
 
 def build_snapshot(conn: redis.Redis, shop: str, now: datetime) -> dict[str, Any]:
@@ -103,6 +116,8 @@ def build_snapshot(conn: redis.Redis, shop: str, now: datetime) -> dict[str, Any
     settings = load_settings(conn, shop)
     seqs = {s.id: s for s in sequence_store.all_current(conn, shop)}
     enrolments = _enrolments(conn, shop, seqs.values())
+    # The control groups (worker.steps._hold_out): customer → since when, per sequence.
+    held = {sid: steps.held_out_since(conn, shop, sid) for sid in seqs}
     stats = analytics.CohortStats()
     outcomes: list[analytics.Outcome] = []
     redeemed = 0
@@ -117,10 +132,13 @@ def build_snapshot(conn: redis.Redis, shop: str, now: datetime) -> dict[str, Any
             customers += 1
             stats.add_profile(profile, tz)
             redeemed += sum(1 for c in profile.discount_codes_used if is_kizuna_code(c))
-            for enr in enrolments.get(profile.customer_id, ()):
-                seq = seqs.get(enr.sequence_id)
-                if seq is not None:
-                    outcomes.append(_outcome(enr, profile, seq))
+            cid = profile.customer_id
+            by_seq = {e.sequence_id: e for e in enrolments.get(cid, ())}
+            for sid, seq in seqs.items():
+                since = held[sid].get(cid)
+                enr = by_seq.get(sid)
+                if enr is not None or since is not None:
+                    outcomes.append(_outcome(enr, profile, seq, since))
         pending.clear()
 
     for cid in profile_store.iter_members(conn, shop, profile_store.ALL, BATCH):
@@ -281,56 +299,6 @@ def get_summary() -> Response:
         activity_at=snapshot["computed_at"] if snapshot else None,
         attention=attention,
     )
-
-
-@bp.get("/customers/<int:customer_id>/journey")
-@require_session
-def customer_journey(customer_id: int) -> Response:
-    """A customer's orders and enrolments, for the profile page.
-
-    Kept here until ``GET /api/customers/<id>`` (``plugin.api_customers``) carries them: the
-    page needs the order history and where the customer stands in each sequence.
-    """
-    res = _res()
-    conn: redis.Redis = res.redis
-    profile = profile_store.load(conn, g.shop, customer_id)
-    if profile is None or not profile.active:
-        return jsonify(error="not_found", message="no such customer"), 404  # type: ignore[return-value]
-    orders = [
-        {
-            "id": o.id,
-            "name": o.name,
-            "created_at": o.created_at.isoformat() if o.created_at else None,
-            "total": str(o.total),
-            "currency": o.currency,
-        }
-        for o in reversed(profile.live_orders)
-    ]
-    enrolments = []
-    for seq in sequence_store.all_current(conn, g.shop):
-        enr = enrolment_store.load(conn, g.shop, seq.id, customer_id)
-        if enr is None:
-            continue
-        version = sequence_store.load(conn, g.shop, seq.id, enr.version) or seq
-        upcoming = version.steps[enr.next_step] if enr.next_step < len(version.steps) else None
-        enrolments.append(
-            {
-                "sequence_id": seq.id,
-                "sequence_title": seq.title or seq.id,
-                "version": enr.version,
-                "status": enr.status,
-                "steps_done": [
-                    version.steps[i].key for i, _ in enr.history if i < len(version.steps)
-                ],
-                "next_step": upcoming.key if upcoming and enr.active else None,
-                "next_step_title": (upcoming.title or upcoming.key)
-                if upcoming and enr.active
-                else None,
-                "due_at": enr.due_at.isoformat() if enr.due_at and enr.active else None,
-                "entered_at": enr.entered_at.isoformat() if enr.entered_at else None,
-            }
-        )
-    return jsonify(orders=orders, enrolments=enrolments)
 
 
 @bp.get("/calculator")

@@ -3,7 +3,9 @@
 Every route is under ``/api/`` and so behind the ID-token guard (:mod:`plugin.guard`); the
 shop is always ``g.shop``, the token's shop, never a parameter.
 
-- ``GET /api/customers/<id>`` — one profile (404 if the shop has no such customer);
+- ``GET /api/customers/<id>`` — one profile (404 if the shop has no such customer), with its
+  ``orders`` (newest first, cancelled ones flagged) and ``enrolments`` (where the customer
+  stands in each sequence: version, next step, status, when it is due);
 - ``GET /api/segments`` — members per lifecycle segment;
 - ``GET /api/customers?segment=&q=&birthday_month=&product=&consent=&rfm=&cursor=`` — a page of
   customers from the list indexes (one index is paged with SSCAN, the other filters are
@@ -26,8 +28,9 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from crm.errors import ValidationError
 from crm.profile import Profile
 from crm.segments import SEGMENTS, lifecycle
-from worker import backfill, privacy, profile_store, search_index
+from worker import backfill, enrolment_store, privacy, profile_store, search_index, sequence_store
 from worker.ingest import thresholds_for
+from worker.steps import held_out_since
 
 from .guard import require_session
 
@@ -66,6 +69,76 @@ def customer_json(profile: Profile, segment: str | None) -> dict[str, Any]:
         "country_code": profile.country_code,
         "shopify_rfm_group": profile.shopify_rfm_group,
     }
+
+
+def orders_json(profile: Profile) -> list[dict[str, Any]]:
+    """The customer's orders, newest first: deleted ones and unseen stubs left out, cancelled
+    ones kept and flagged; line items summarised (product, title, quantity)."""
+    seen = [o for o in profile.orders.values() if not o.deleted and not o.is_stub]
+    seen.sort(key=lambda o: (o.created_at, o.id), reverse=True)
+    return [
+        {
+            "id": o.id,
+            "name": o.name,
+            "created_at": _iso(o.created_at),
+            "total": str(o.total),
+            "currency": o.currency,
+            "cancelled": o.cancelled_at is not None,
+            "fulfilled_at": _iso(o.first_fulfilled_at),
+            "items": sum(item.quantity for item in o.line_items),
+            "line_items": [
+                {"product_id": item.product_id, "title": item.title, "quantity": item.quantity}
+                for item in o.line_items
+            ],
+        }
+        for o in seen
+    ]
+
+
+def enrolments_json(conn: Any, shop: str, customer_id: int) -> list[dict[str, Any]]:
+    """Where the customer stands in each of the shop's sequences (one read per sequence).
+
+    ``status``: ``active``, ``done``, ``exited``, or ``held_out`` when the customer's latest
+    cycle was kept out as the sequence's control group (:mod:`worker.steps` holdout).
+    """
+    out = []
+    for seq in sequence_store.all_current(conn, shop):
+        enr = enrolment_store.load(conn, shop, seq.id, customer_id)
+        held = held_out_since(conn, shop, seq.id).get(customer_id)
+        if enr is not None and (held is None or (enr.entered_at or enr.anchor_at) >= held):
+            version = sequence_store.load(conn, shop, seq.id, enr.version) or seq
+            upcoming = version.steps[enr.next_step] if enr.next_step < len(version.steps) else None
+            ahead = upcoming if enr.active else None
+            out.append(
+                {
+                    "sequence_id": seq.id,
+                    "sequence_title": seq.title or seq.id,
+                    "version": enr.version,
+                    "status": enr.status,
+                    "steps_done": [
+                        version.steps[i].key for i, _ in enr.history if i < len(version.steps)
+                    ],
+                    "step": ahead.key if ahead else None,
+                    "step_title": (ahead.title or ahead.key) if ahead else None,
+                    "due_at": _iso(enr.due_at) if enr.active else None,
+                    "entered_at": _iso(enr.entered_at),
+                }
+            )
+        elif held is not None:
+            out.append(
+                {
+                    "sequence_id": seq.id,
+                    "sequence_title": seq.title or seq.id,
+                    "version": seq.version,
+                    "status": "held_out",
+                    "steps_done": [],
+                    "step": None,
+                    "step_title": None,
+                    "due_at": None,
+                    "entered_at": _iso(held),
+                }
+            )
+    return out
 
 
 def _bad(message: str, field: str) -> Response:
@@ -131,7 +204,10 @@ def get_customer(customer_id: int) -> Any:
     if profile is None or not profile.active:
         return jsonify(error="not_found", message="no such customer"), 404
     segment = lifecycle(profile, res.clock.now(), thresholds_for(res.redis, g.shop))
-    return jsonify(customer_json(profile, segment))
+    body = customer_json(profile, segment)
+    body["orders"] = orders_json(profile)
+    body["enrolments"] = enrolments_json(res.redis, g.shop, customer_id)
+    return jsonify(body)
 
 
 @bp.get("/api/segments")

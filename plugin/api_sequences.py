@@ -175,7 +175,7 @@ def preview_sequence(sequence_id: str) -> Any:
     seq = _load_or_404(shop, sequence_id)
     if seq is None:
         return _error(404, "no such sequence")
-    rules = sequence_store.shop_rules(conn, shop)
+    rules = sequence_store.shop_rules(conn, shop, secret=res.settings.api_secret)
     thresholds = thresholds_for(conn, shop)
     ids: list[int] = []
     for cid in profile_store.iter_members(conn, shop, profile_store.ALL):

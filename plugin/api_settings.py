@@ -7,6 +7,10 @@ they were.
 
 Other parts read the settings with :func:`load_settings` (thresholds for the segment lists,
 frequency cap and quiet hours for the scheduler, holdout and cost per message for analytics).
+Until the merchant saves a loyal spend, it follows the shop currency
+(:func:`crm.money.loyal_spend_default`: ¥30,000 or its rough equal). A save that changes the
+thresholds queues :func:`worker.segment_refresh.resave`, which files every profile again under
+the new thresholds.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from crm.errors import ValidationError
-from crm.money import parse_amount
+from crm.money import loyal_spend_default, parse_amount
 from crm.schedule import QuietHours
 from crm.segments import Thresholds
 from worker import sequence_store
@@ -151,8 +155,15 @@ def _stored(conn: redis.Redis | Any, shop: str) -> dict[str, Any]:
     return data
 
 
+def defaults_for(conn: redis.Redis | Any, shop: str) -> ShopSettings:
+    """The defaults of ``shop``: the loyal spend in its currency (from the shop record)."""
+    record = shops.load(conn, shop)
+    currency = record.facts.currency if record is not None and record.facts else None
+    return ShopSettings(loyal_min_spent=loyal_spend_default(currency or None))
+
+
 def load_settings(conn: redis.Redis, shop: str) -> ShopSettings:
-    return parse_settings(_stored(conn, shop))
+    return parse_settings(_stored(conn, shop), defaults_for(conn, shop))
 
 
 def _write(pipe: Any, shop: str, value: ShopSettings) -> None:
@@ -188,7 +199,7 @@ def _public(shop: str, value: ShopSettings) -> dict[str, Any]:
     facts = record.facts if record else None
     return {
         "settings": value.to_dict(),
-        "defaults": ShopSettings().to_dict(),
+        "defaults": defaults_for(_res().redis, shop).to_dict(),
         "timezone": facts.timezone if facts else None,
         "currency": facts.currency if facts else None,
     }
@@ -216,7 +227,7 @@ def put_settings() -> Response:
         while True:
             try:
                 pipe.watch(*keys)
-                current = parse_settings(_stored(pipe, g.shop))
+                current = parse_settings(_stored(pipe, g.shop), defaults_for(conn, g.shop))
                 try:
                     updated = parse_settings(body, current)
                 except ValidationError as exc:
@@ -228,6 +239,10 @@ def put_settings() -> Response:
                 break
             except redis.WatchError:
                 continue
+    if updated.thresholds != current.thresholds:
+        from worker.segment_refresh import schedule_resave
+
+        schedule_resave(conn, g.shop)  # the lists follow the new thresholds
     return jsonify(_public(g.shop, updated))
 
 

@@ -49,8 +49,15 @@ class Settings:
         return self.shopify_origin == SHOPIFY_ORIGIN
 
     def shop_origin(self, shop: str) -> str:
-        """The base URL for one shop's Admin API and OAuth endpoints."""
-        return self.shopify_origin.replace("{shop}", shop)
+        """The base URL for one shop's Admin API and OAuth endpoints.
+
+        ``shop`` must be a ``name.myshopify.com`` domain (else ``ValidationError``): with the
+        production origin ``https://{shop}`` the shop is the host, and no caller may turn it
+        into another host (``evil.example``, ``x.myshopify.com@evil.example``…).
+        """
+        from .shops import normalize_shop
+
+        return self.shopify_origin.replace("{shop}", normalize_shop(shop))
 
     def admin_graphql_url(self, shop: str) -> str:
         return f"{self.shop_origin(shop)}/admin/api/{self.api_version}/graphql.json"

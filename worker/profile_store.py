@@ -9,10 +9,13 @@ Keys (all under ``kizuna:{shop}:`` so that ``shop/redact`` can remove a shop by 
   ``idx:bday:03``, ``idx:product:123``…; keys from :func:`crm.segments.index_keys`);
 - ``indexes`` — the set of list keys in use, so counts never scan customers;
 - ``order-customer`` — hash order id → customer id (``orders/delete`` and fulfillments name
-  only the order).
+  only the order);
+- ``last-order`` — sorted set of customer ids scored by their last live order (epoch seconds),
+  so the customers whose time-dependent lists change between two moments can be read by range.
 
 Time-dependent lists (dormant, churned, RFM recency) are computed for the ``now`` passed to
-:func:`save`; a periodic job re-saves profiles to move them as time passes.
+:func:`save`; :mod:`worker.segment_refresh` re-saves the customers whose last order crossed a
+threshold since its previous run, to move them as time passes.
 
 Concurrency: :func:`transact` reads the profiles under ``WATCH`` and writes them in one
 ``MULTI``; a concurrent writer makes it start over, so two workers applying two deliveries to
@@ -56,6 +59,10 @@ def indexes_key(shop: str) -> str:
 
 def order_customer_key(shop: str) -> str:
     return f"kizuna:{shop}:order-customer"
+
+
+def last_order_key(shop: str) -> str:
+    return f"kizuna:{shop}:last-order"
 
 
 # --- encoding ----------------------------------------------------------------------------------
@@ -199,6 +206,11 @@ def save(
             order_customer_key(shop),
             mapping={str(order_id): cid for order_id in profile.orders},
         )
+    last = profile.last_order_at if profile.active else None
+    if last is not None:
+        pipe.zadd(last_order_key(shop), {cid: last.timestamp()})
+    else:
+        pipe.zrem(last_order_key(shop), cid)
     return new
 
 
@@ -214,6 +226,7 @@ def delete(conn: redis.Redis, shop: str, customer_id: int) -> bool:
                     return False
                 pipe.multi()
                 pipe.delete(key)
+                pipe.zrem(last_order_key(shop), str(customer_id))
                 for k in keys:
                     pipe.srem(index_key(shop, k), str(customer_id))
                 if profile.orders:

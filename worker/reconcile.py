@@ -186,6 +186,7 @@ def rebuild(ctx: Any, shop: str) -> dict[str, Any] | str:
         pipe.delete(
             profile_store.indexes_key(shop),
             profile_store.order_customer_key(shop),
+            profile_store.last_order_key(shop),
             search_index.search_key(shop),
             state_key(shop),
         )

@@ -159,9 +159,11 @@ def run_forever(
 ) -> None:
     """Tick every ``interval`` seconds until ``stop()`` (the ``kizuna scheduler`` loop).
 
-    Each pass also lets every installed shop's reconcile job be enqueued once per period
-    (``worker.reconcile.schedule_all`` keeps the period, so several schedulers may call it).
+    Each pass also lets every installed shop's reconcile job and segment refresh
+    (:mod:`worker.segment_refresh`: dormant and churned lists that move with time) be enqueued
+    once per period (each ``schedule_all`` keeps its period, so several schedulers may call it).
     """
+    from worker import segment_refresh
     from worker.reconcile import schedule_all
 
     while not stop():
@@ -170,6 +172,7 @@ def run_forever(
             at = now()
             tick(conn, at)
             schedule_all(conn, at)
+            segment_refresh.schedule_all(conn, at)
         except redis.RedisError as exc:
             log.warning("tick failed, will try again: %s", exc)
         sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -13,6 +13,9 @@ Keys (under ``kizuna:{shop}:`` so ``shop/redact`` removes them with the shop):
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Mapping
@@ -208,9 +211,21 @@ def set_active(conn: redis.Redis, shop: str, sequence_id: str, active: bool) -> 
 # -- the shop's rules -----------------------------------------------------------------------
 
 
-def coupon_salt(conn: redis.Redis, shop: str) -> str:
-    """The shop's coupon salt, drawn once (HSETNX: concurrent first calls agree)."""
-    conn.hsetnx(rules_key(shop), "salt", secrets.token_urlsafe(24))
+def derived_salt(secret: str, shop: str) -> str:
+    """A coupon salt computed from the app's client secret and the shop's domain.
+
+    It survives the loss of Redis: after a FLUSHALL the same codes are computed again, so the
+    write-back finds the coupon it created before instead of issuing a second one.
+    """
+    digest = hmac.new(secret.encode(), f"kizuna coupon salt|{shop}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(digest.digest()).decode("ascii").rstrip("=")
+
+
+def coupon_salt(conn: redis.Redis, shop: str, secret: str | None = None) -> str:
+    """The shop's coupon salt, set once (HSETNX: concurrent first calls agree): derived from
+    ``secret`` (:func:`derived_salt`) when given, else random (then not reproducible)."""
+    first = derived_salt(secret, shop) if secret else secrets.token_urlsafe(24)
+    conn.hsetnx(rules_key(shop), "salt", first)
     raw = conn.hget(rules_key(shop), "salt")
     assert raw is not None
     return raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -237,15 +252,18 @@ def set_rules(
         pipe.execute()
 
 
-def shop_rules(conn: redis.Redis, shop: str, record: Any = None) -> ShopRules:
+def shop_rules(
+    conn: redis.Redis, shop: str, record: Any = None, *, secret: str | None = None
+) -> ShopRules:
     """The :class:`ShopRules` of ``shop``: time zone and currency from its shop record
-    (:mod:`plugin.shops`), cap, quiet hours and salt from ``rules``."""
+    (:mod:`plugin.shops`), cap, quiet hours and salt from ``rules`` (``secret``, the app's
+    client secret, makes a missing salt reproducible: see :func:`coupon_salt`)."""
     if record is None:
         from plugin import shops
 
         record = shops.load(conn, shop)
     facts = getattr(record, "facts", None)
-    salt = coupon_salt(conn, shop)
+    salt = coupon_salt(conn, shop, secret)
     raw: dict[bytes, bytes] = conn.hgetall(rules_key(shop))  # type: ignore[assignment]
     cap = raw.get(b"cap_days")
     quiet = raw.get(b"quiet")

@@ -35,10 +35,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+from rq import get_current_job
 
+from crm.analytics import is_held_out
 from crm.decisions import Decision
 from crm.enrolment import (
     Enrolment,
+    Evaluation,
     ShopRules,
     StepRun,
     customer_gid,
@@ -47,7 +50,7 @@ from crm.enrolment import (
     exit_all,
     exit_effects,
 )
-from crm.errors import PermanentShopifyError, ServerError, ShopUnavailable
+from crm.errors import PermanentShopifyError, ServerError, ShopUnavailable, TransientShopifyError
 from crm.profile import Profile
 from crm.segments import Thresholds, lifecycle
 from crm.sequence import Sequence
@@ -86,19 +89,93 @@ class ShopState:
     rules: ShopRules
     thresholds: Thresholds
     sequences: sequence_store.VersionCache
+    holdout_percent: int = 0
 
 
 def shop_state(ctx: Context, shop: str) -> ShopState:
     """Raises :class:`ShopUnavailable` for a shop that is not installed."""
+    from plugin.api_settings import load_settings
+
     from .ingest import thresholds_for
 
     record = shops.require_active(ctx.conn, shop)
     return ShopState(
         record=record,
-        rules=sequence_store.shop_rules(ctx.conn, shop, record),
+        rules=sequence_store.shop_rules(ctx.conn, shop, record, secret=ctx.settings.api_secret),
         thresholds=thresholds_for(ctx.conn, shop),
         sequences=sequence_store.VersionCache(ctx.conn, shop),
+        holdout_percent=load_settings(ctx.conn, shop).holdout_percent,
     )
+
+
+# -- holdout ----------------------------------------------------------------------------------
+
+
+def holdout_key(shop: str, sequence_id: str) -> str:
+    """Hash customer id → ``"{cycle}:{epoch seconds}"``: the customers held out of a sequence,
+    the cycle and the moment they would have entered (the analytics' control group)."""
+    return f"kizuna:{shop}:holdout:{sequence_id}"
+
+
+def held_out_since(conn: redis.Redis, shop: str, sequence_id: str) -> dict[int, datetime]:
+    """Every customer held out of ``sequence_id``, with the time they would have entered."""
+    raw: dict[bytes, bytes] = conn.hgetall(holdout_key(shop, sequence_id))  # type: ignore[assignment]
+    return {
+        int(cid): datetime.fromtimestamp(int(value.split(b":")[1]), UTC)
+        for cid, value in raw.items()
+    }
+
+
+@dataclass
+class _Held:
+    enrolment: Enrolment | None  # what to store instead of the entry
+    decisions: tuple[Decision, ...]  # the evaluation's other decisions (an exit on restart)
+    mark: str | None  # the holdout record to write, None when this cycle is recorded already
+    entry: dict[str, Any] | None  # the decision-log line for a new record
+
+
+def _hold_out(
+    conn: redis.Redis,
+    state: ShopState,
+    shop: str,
+    seq: Sequence,
+    enr: Enrolment | None,
+    result: Evaluation,
+    now: datetime,
+) -> _Held | None:
+    """Replace a new entry by a holdout when the customer is drawn into the control group.
+
+    The draw (:func:`crm.analytics.is_held_out`, salted per shop) is stable, and a cycle once
+    held out stays held out even if the percentage changes, so the comparison is not biased by
+    re-draws. The held-out customer gets no step; the record and a ``skipped``/``holdout`` log
+    entry let the analytics compare their orders with the treated customers'.
+    """
+    new = result.enrolment
+    if new is None or not new.active or not any(d.decision == "entered" for d in result.decisions):
+        return None
+    if enr is not None and enr.active and enr.cycle == new.cycle:
+        return None  # not an entry: the same cycle goes on
+    cid = new.customer_id
+    recorded = conn.hget(holdout_key(shop, seq.id), str(cid))
+    mark: str | None = f"{new.cycle}:{int(now.timestamp())}"
+    if isinstance(recorded, bytes) and recorded.split(b":")[0] == str(new.cycle).encode():
+        mark = None
+    elif not is_held_out(cid, seq.id, state.holdout_percent, state.rules.coupon_salt):
+        return None
+    kept = replace(enr, status="exited", due_at=None) if enr is not None and enr.active else enr
+    entry = None
+    if mark is not None:
+        entry = {
+            "at": now.isoformat(),
+            "customer_id": cid,
+            "sequence": seq.id,
+            "decision": "skipped",
+            "reason": "holdout",
+            "version": seq.version,
+            "detail": {"percent": state.holdout_percent, "cycle": new.cycle},
+        }
+    others = tuple(d for d in result.decisions if d.decision != "entered")
+    return _Held(kept, others, mark, entry)
 
 
 def segments_of(profile: Profile, now: datetime, thresholds: Thresholds) -> dict[str, datetime]:
@@ -158,8 +235,45 @@ def _with_written(decisions: Iterable[Decision], written: writeback.Written) -> 
 
 
 def run_step(shop: str, customer_id: int, sequence_id: str) -> str:
-    """RQ job (queue ``steps``): run one due step. See :func:`handle_step`."""
-    return handle_step(job_context(), shop, int(customer_id), sequence_id)
+    """RQ job (queue ``steps``): run one due step. See :func:`handle_step`.
+
+    A transient error on RQ's last attempt gives the step up visibly (:func:`give_up`): the
+    job still fails (RQ's failed registry keeps it), and the enrolment ends with a ``failed``
+    entry, so the scheduler's lease does not claim the step again and again forever.
+    """
+    ctx = job_context()
+    try:
+        return handle_step(ctx, shop, int(customer_id), sequence_id)
+    except TransientShopifyError as exc:
+        job = get_current_job()
+        if job is not None and not job.retries_left:
+            give_up(ctx, shop, int(customer_id), sequence_id, exc)
+        raise
+
+
+def give_up(ctx: Context, shop: str, customer_id: int, sequence_id: str, exc: Exception) -> bool:
+    """End an active enrolment whose step could not be written after every retry; answer
+    whether it was ended now (a ``failed`` decision and an entry in the shop's failures)."""
+    conn, now = ctx.conn, ctx.clock.now()
+    for _ in range(MAX_RACES):
+        raw = enrolment_store.load_raw(conn, shop, sequence_id, customer_id)
+        if raw is None:
+            return False
+        enr = enrolment_store.decode(customer_id, sequence_id, raw)
+        if not enr.active:
+            return False
+        seq = sequence_store.VersionCache(conn, shop).get(sequence_id, enr.version)
+        step = None
+        if seq is not None and enr.next_step < len(seq.steps):
+            step = seq.steps[enr.next_step].key
+        entry = _failure(now, enr, step, exc)
+        entry["detail"]["gave_up_after_retries"] = True
+        failed = replace(enr, status="exited", due_at=None)
+        if enrolment_store.commit(conn, shop, customer_id, sequence_id, raw, failed, log=[entry]):
+            enrolment_store.mark_failed(conn, shop, customer_id, sequence_id, str(exc))
+            log.warning("step given up after retries: %s", exc, extra={"shop": shop})
+            return True
+    return False
 
 
 def handle_step(ctx: Context, shop: str, customer_id: int, sequence_id: str) -> str:
@@ -359,13 +473,18 @@ def _evaluate_one(
             segments=segments_of(profile, now, state.thresholds),
         )
         new = result.enrolment
-        decisions = [
+        held = _hold_out(conn, state, shop, seq, enr, result, now)
+        if held is not None:
+            new = held.enrolment
+        decisions: list[Decision | dict[str, Any]] = [
             d
-            for d in decision_log.loggable(result.decisions)
+            for d in decision_log.loggable(held.decisions if held else result.decisions)
             if not (
                 d.decision == "skipped" and recent.get(seq_id) == (d.decision, d.reason, d.step)
             )
         ]
+        if held is not None and held.entry is not None:
+            decisions.append(held.entry)
         if new == enr and not decisions:
             return 0
         ended_cycle = (
@@ -383,6 +502,8 @@ def _evaluate_one(
                 return 0
             writeback.write_effects(ctx.admin_client(), shop, token, exit_effects(seq, customer_id))
         if enrolment_store.commit(conn, shop, customer_id, seq_id, raw, new, log=decisions):
+            if held is not None and held.mark is not None:
+                conn.hset(holdout_key(shop, seq_id), str(customer_id), held.mark)
             return 1
     raise ServerError(f"enrolment {customer_id}:{seq_id} kept changing", shop=shop)
 

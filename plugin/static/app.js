@@ -603,6 +603,29 @@
     });
   }
 
+  /* Orders and enrolments, both carried by GET /api/customers/<id>. Until a locale has the
+     key, a status reads as its code ("held_out" → "held out"). */
+  function customerHistory(c) {
+    function label(key, fallback) { var text = t(key); return text === key ? fallback : text; }
+    var orders = listOf(c, "orders").map(function (o) {
+      return el("tr", { "data-order": o.id, "data-cancelled": o.cancelled ? "true" : "false" },
+        el("td", {}, el("span", { "data-raw": true, text: o.name || ("#" + o.id) }),
+          o.cancelled ? badge(label("customers.cancelled", "cancelled"), "critical") : null),
+        el("td", { text: fmtDate(o.created_at) }),
+        el("td", { class: "num", text: fmtMoney(o.total, o.currency) }));
+    });
+    fill($("#orders tbody"), orders, t("common.none"), 3);
+    var enrolments = listOf(c, "enrolments").map(function (e) {
+      var status = label("enrolment." + e.status, String(e.status).replace(/_/g, " "));
+      return el("tr", { "data-sequence": e.sequence_id, "data-status": e.status },
+        el("td", { "data-raw": true, text: e.sequence_title || e.sequence_id }),
+        el("td", {}, badge(status, e.status === "active" ? "success" : null)),
+        el("td", { "data-raw": true, text: e.step_title || "—" }),
+        el("td", { text: fmtDate(e.due_at, true) }));
+    });
+    fill($("#enrolments tbody"), enrolments, t("common.none"), 4);
+  }
+
   function initCustomer() {
     var id = $("#customer").dataset.customerId;
     api("/api/customers/" + id).then(function (c) {
@@ -626,21 +649,7 @@
       segs.textContent = "";
       if (c.segment) segs.appendChild(badge(t("segment." + c.segment), "info"));
       (c.tags || []).forEach(function (tag) { segs.appendChild(badge(tag)).setAttribute("data-raw", ""); });
-    }).catch(failed);
-    api("/api/analytics/customers/" + id + "/journey").then(function (data) {
-      var orders = data.orders.map(function (o) {
-        return el("tr", {}, el("td", { text: o.name || ("#" + o.id) }), el("td", { text: fmtDate(o.created_at) }),
-          el("td", { class: "num", text: fmtMoney(o.total, o.currency) }));
-      });
-      fill($("#orders tbody"), orders, t("common.none"), 3);
-      var enrolments = data.enrolments.map(function (e) {
-        return el("tr", { "data-sequence": e.sequence_id, "data-status": e.status },
-          el("td", { "data-raw": true, text: e.sequence_title || e.sequence_id }),
-          el("td", {}, badge(t("enrolment." + e.status), e.status === "active" ? "success" : null)),
-          el("td", { "data-raw": true, text: e.next_step_title || "—" }),
-          el("td", { text: fmtDate(e.due_at, true) }));
-      });
-      fill($("#enrolments tbody"), enrolments, t("common.none"), 4);
+      customerHistory(c);
     }).catch(failed);
     api("/api/customers/" + id + "/log").then(function (data) {
       var rows = listOf(data, "entries").slice().reverse().map(function (d) {

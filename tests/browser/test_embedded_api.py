@@ -30,7 +30,6 @@ ROUTES = [
     ("GET", "/api/analytics"),
     ("GET", "/api/analytics/summary"),
     ("GET", "/api/analytics/calculator?ad_spend=1&new_customers=1&first_order_value=1&ltv=1"),
-    ("GET", "/api/analytics/customers/1/journey"),
 ]
 
 

@@ -161,3 +161,56 @@ def test_backfill_progress_and_data_export(
     export = client.get("/api/customers/31/data_export", headers=auth(settings)).get_json()
     assert export["profile"]["email"] == "c31@example.com" and export["data_request_id"] == 5
     assert client.get("/api/customers/99/data_export", headers=auth(settings)).status_code == 404
+
+
+def test_one_customer_carries_orders_and_enrolments(
+    client: FlaskClient, conn: redis.Redis, settings: Settings
+) -> None:
+    """GET /api/customers/<id> adds the orders (newest first, a cancelled one flagged and still
+    listed, line items summarised) and where the customer stands in each sequence: the active
+    enrolment's version, next step and due time, and ``held_out`` for a sequence whose control
+    group holds the customer. Another customer's enrolments must not show up."""
+    from crm.enrolment import Enrolment
+    from crm.templates import instantiate
+    from worker import enrolment_store, sequence_store, steps
+
+    put(conn, 601, orders=2)
+    cancelled = events.parse("orders/cancelled", {
+        "id": 6019, "name": "#6019", "created_at": "2026-06-20T00:00:00Z",
+        "cancelled_at": "2026-06-21T00:00:00Z", "updated_at": "2026-06-21T00:00:00Z",
+        "financial_status": "refunded", "currency": "JPY", "total_price": "800",
+        "customer": {"id": 601},
+        "line_items": [{"product_id": 77, "title": "Tea", "quantity": 2}],
+    })  # fmt: skip
+    profile = fold([cancelled], profile_store.load(conn, SHOP, 601))
+    assert profile is not None
+    profile_store.save(conn, SHOP, profile, now=NOW)
+    walls = sequence_store.create(conn, SHOP, instantiate("four_walls"), NOW)
+    winback = sequence_store.create(conn, SHOP, instantiate("winback"), NOW)
+    due = datetime(2026, 7, 5, 1, tzinfo=UTC)
+    for cid in (601, 602):
+        enr = Enrolment(customer_id=cid, sequence_id=walls.id, version=1, cycle=1,
+                        anchor_at=NOW, next_step=1, due_at=due, entered_at=NOW,
+                        history=((0, int(NOW.timestamp())),))  # fmt: skip
+        assert enrolment_store.commit(conn, SHOP, cid, walls.id, None, enr)
+    conn.hset(steps.holdout_key(SHOP, winback.id), "601", f"1:{int(NOW.timestamp())}")
+
+    body = client.get("/api/customers/601", headers=auth(settings)).get_json()
+    assert body["orders_count"] == 2 and body["segment"] == "repeat"
+    assert [o["name"] for o in body["orders"]] == ["#6019", "#6011", "#6010"]
+    first = body["orders"][0]
+    assert first["cancelled"] is True and first["total"] == "800.00" and first["items"] == 2
+    assert first["line_items"] == [{"product_id": 77, "title": "Tea", "quantity": 2}]
+    assert [o["cancelled"] for o in body["orders"][1:]] == [False, False]
+    by_seq = {e["sequence_id"]: e for e in body["enrolments"]}
+    assert set(by_seq) == {walls.id, winback.id}
+    active = by_seq[walls.id]
+    assert (active["status"], active["version"], active["step"]) == ("active", 1, "safety")
+    assert active["steps_done"] == ["trust"] and active["due_at"] == due.isoformat()
+    held = by_seq[winback.id]
+    assert held["status"] == "held_out" and held["step"] is None and held["due_at"] is None
+
+    other = client.get("/api/customers/501", headers=auth(settings))
+    assert other.status_code == 404  # no such customer in this shop
+    put(conn, 603)
+    assert client.get("/api/customers/603", headers=auth(settings)).get_json()["enrolments"] == []
