@@ -233,8 +233,29 @@ def handle_uninstalled(ctx: Context, shop: str, *, triggered_at: datetime | None
         return "stale"
     shops.mark_uninstalled(ctx.conn, shop, ctx.clock.now())
     cancelled = cancel_shop_jobs(ctx.conn, shop)
-    log.info("uninstalled; %d queued jobs cancelled", cancelled, extra={"shop": shop})
+    steps = cancel_scheduled_steps(ctx.conn, shop)
+    log.info("uninstalled; %d queued jobs and %d scheduled steps cancelled", cancelled, steps,
+             extra={"shop": shop})  # fmt: skip
     return "uninstalled"
+
+
+def cancel_scheduled_steps(conn: redis.Redis, shop: str) -> int:
+    """Drop the shop's due-step schedule and its enrolments; answer how many steps were due.
+
+    No step can fire once the schedule is gone, and a reinstall starts clean: customers
+    re-enter by the rules then in force. Coupon codes are deterministic per (customer,
+    sequence, step, cycle), so a re-entry finds its earlier code instead of a second one.
+    """
+    from worker.enrolment_store import SHOPS_DUE, due_key
+
+    due = int(conn.zcard(due_key(shop)))
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.delete(due_key(shop))
+        pipe.zrem(SHOPS_DUE, shop)
+        for key in conn.scan_iter(f"kizuna:{shop}:enr:*", count=1000):
+            pipe.delete(key)
+        pipe.execute()
+    return due
 
 
 def cancel_shop_jobs(conn: redis.Redis, shop: str) -> int:

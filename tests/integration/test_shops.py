@@ -230,3 +230,26 @@ def test_scopes_update_re_reads_scopes_and_refuses_malformed(
     )
     assert handle_delivery(ctx, SHOP, "app/scopes_update", "w-ok") == "scopes"
     assert shops.require_active(conn, SHOP).scopes == ("read_customers", "read_orders")
+
+
+def test_uninstall_cancels_the_scheduled_steps_of_that_shop_only(
+    conn: redis.Redis, settings: Settings, clock: FixedClock
+) -> None:
+    """app/uninstalled: no step of the shop may fire afterwards, and a reinstall starts clean;
+    another shop's schedule must not be touched."""
+    from worker.enrolment_store import SHOPS_DUE, due_key, enrolment_key, member
+
+    cipher = TokenCipher.from_settings(settings)
+    shops.install(conn, cipher, SHOP, grant(clock), clock.now())
+    other = "beta.myshopify.com"
+    for shop in (SHOP, other):
+        conn.zadd(due_key(shop), {member(7, "winback"): 1.0, member(8, "winback"): 2.0})
+        conn.zadd(SHOPS_DUE, {shop: 1.0})
+        conn.hset(enrolment_key(shop, "winback", 7), "7", "x")
+    _deliver(conn, "app/uninstalled", {"id": 1, "myshopify_domain": SHOP}, "w-2")
+    ctx = Context(conn=conn, settings=settings, clock=clock)
+    assert handle_delivery(ctx, SHOP, "app/uninstalled", "w-2") == "uninstalled"
+    assert conn.zcard(due_key(SHOP)) == 0 and conn.zscore(SHOPS_DUE, SHOP) is None
+    assert not list(conn.scan_iter(f"kizuna:{SHOP}:enr:*"))
+    assert conn.zcard(due_key(other)) == 2 and conn.zscore(SHOPS_DUE, other) == 1.0
+    assert conn.exists(enrolment_key(other, "winback", 7))
