@@ -123,6 +123,12 @@ def encode(enr: Enrolment) -> str:
     )
 
 
+def peek(raw: str) -> tuple[int, int, int]:
+    """``(version, cycle, next_step)`` of an encoding, without decoding the rest (the tick)."""
+    version, cycle, _anchor, nxt, _ = raw.split("|", 4)
+    return int(version, 36), int(cycle, 36), int(nxt, 36)
+
+
 def decode(customer_id: int, sequence_id: str, raw: bytes | str) -> Enrolment:
     text = raw.decode() if isinstance(raw, bytes) else raw
     version, cycle, anchor, nxt, due, status, entered, hist = text.split("|")
@@ -271,19 +277,15 @@ def _script(conn: redis.Redis, name: str, text: str) -> Any:
     return script
 
 
-def commit(
-    conn: redis.Redis,
+def _commit_call(
     shop: str,
     customer_id: int,
     sequence_id: str,
     expected: str | None,
     new: Enrolment | None,
-    *,
-    last_step_at: datetime | None = None,
-    log: Iterable[Decision | Mapping[str, Any]] = (),
-) -> bool:
-    """Replace the enrolment encoded as ``expected`` (``None``: absent) by ``new`` (``None``:
-    delete), reschedule it, and log ``log``; answer False (nothing written) if it changed."""
+    last_step_at: datetime | None,
+    log: Iterable[Decision | Mapping[str, Any]],
+) -> tuple[list[str], list[str]]:
     raw_new = encode(new) if new is not None else ""
     due = ""
     if new is not None and new.active and new.due_at is not None:
@@ -308,7 +310,56 @@ def commit(
         str(decision_log.CAP),
         *lines,
     ]
+    return keys, args
+
+
+def commit(
+    conn: redis.Redis,
+    shop: str,
+    customer_id: int,
+    sequence_id: str,
+    expected: str | None,
+    new: Enrolment | None,
+    *,
+    last_step_at: datetime | None = None,
+    log: Iterable[Decision | Mapping[str, Any]] = (),
+) -> bool:
+    """Replace the enrolment encoded as ``expected`` (``None``: absent) by ``new`` (``None``:
+    delete), reschedule it, and log ``log``; answer False (nothing written) if it changed."""
+    keys, args = _commit_call(shop, customer_id, sequence_id, expected, new, last_step_at, log)
     return bool(_script(conn, "commit", _COMMIT)(keys=keys, args=args))
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One :func:`commit` of :func:`commit_many`."""
+
+    customer_id: int
+    sequence_id: str
+    expected: str | None
+    new: Enrolment | None
+    last_step_at: datetime | None = None
+    log: tuple[Decision | Mapping[str, Any], ...] = ()
+
+
+def commit_many(
+    conn: redis.Redis, shop: str, commits: Iterable[Commit], *, chunk: int = 500
+) -> list[bool]:
+    """:func:`commit` for many enrolments, ``chunk`` scripts per round trip (a batch's
+    thousands of customers). Each is its own compare-and-set: one that lost its race answers
+    False and the others are written all the same."""
+    script = _script(conn, "commit", _COMMIT)
+    out: list[bool] = []
+    items = list(commits)
+    for start in range(0, len(items), chunk):
+        with conn.pipeline(transaction=False) as pipe:
+            for c in items[start : start + chunk]:
+                keys, args = _commit_call(
+                    shop, c.customer_id, c.sequence_id, c.expected, c.new, c.last_step_at, c.log
+                )
+                script(keys=keys, args=args, client=pipe)
+            out += [bool(r) for r in pipe.execute()]
+    return out
 
 
 @dataclass(frozen=True, slots=True)

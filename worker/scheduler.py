@@ -10,7 +10,12 @@ Run it every minute (``kizuna scheduler``, or ``kizuna tick`` from cron). Per ti
    step is claimed again;
 3. each claimed step becomes a ``run_step`` job whose id is built from shop, customer,
    sequence, cycle and step, so the same step is never queued twice: a job still queued or
-   running under that id is left alone;
+   running under that id is left alone. From :data:`CHUNK_MIN` steps due in a shop at once,
+   they go :data:`CHUNK_SIZE` to a ``run_steps`` job instead (enqueuing a thousand RQ jobs
+   was most of a tick's time): its id is derived from its steps, each step runs on its own
+   inside it (:func:`worker.steps.run_steps`), and ``kizuna:{shop}:inchunk`` names the chunk
+   job holding each step, so a re-claimed step whose chunk job is still waiting is not queued
+   again;
 4. when one step of one sequence is due for :data:`BULK_THRESHOLD` customers or more (a
    segment entered by thousands), they go into one batch job that writes through bulk
    mutations instead (:func:`worker.steps.create_batch`).
@@ -20,6 +25,7 @@ A shop that is not installed is postponed for an hour without claiming anything.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -41,6 +47,9 @@ MAX_PER_SHOP = 50_000
 LEASE = timedelta(minutes=10)
 BATCH_LEASE = timedelta(hours=2)
 BULK_THRESHOLD = 200
+#: From this many single steps due in one shop at one tick, they go in chunk jobs.
+CHUNK_MIN = 100
+CHUNK_SIZE = 100
 PAUSED_SHOP_RETRY = timedelta(hours=1)
 _BUSY = {b"queued", b"started", b"scheduled", b"deferred"}
 
@@ -49,7 +58,8 @@ _BUSY = {b"queued", b"started", b"scheduled", b"deferred"}
 class TickResult:
     shops: int = 0
     claimed: int = 0
-    enqueued: int = 0
+    enqueued: int = 0  # steps put on the queue (alone or in chunk jobs)
+    jobs: int = 0  # chunk jobs among them
     already_queued: int = 0
     batches: list[str] = field(default_factory=list)
     postponed: list[str] = field(default_factory=list)
@@ -73,6 +83,8 @@ def tick(
     max_per_shop: int = MAX_PER_SHOP,
     bulk_threshold: int = BULK_THRESHOLD,
     lease: timedelta = LEASE,
+    chunk_min: int = CHUNK_MIN,
+    chunk_size: int = CHUNK_SIZE,
 ) -> TickResult:
     """One tick at ``now`` (see the module docstring)."""
     result = TickResult()
@@ -92,7 +104,7 @@ def tick(
                 break
         result.claimed += len(claimed)
         if claimed:
-            _dispatch(conn, shop, claimed, now, bulk_threshold, result)
+            _dispatch(conn, shop, claimed, now, bulk_threshold, result, chunk_min, chunk_size)
     if result.claimed:
         log.info("%s", result)
     return result
@@ -105,10 +117,13 @@ def _dispatch(
     now: datetime,
     bulk_threshold: int,
     result: TickResult,
+    chunk_min: int = CHUNK_MIN,
+    chunk_size: int = CHUNK_SIZE,
 ) -> None:
     raws = enrolment_store.load_many(conn, shop, [(c.customer_id, c.sequence_id) for c in claimed])
     groups: dict[tuple[str, int, int], list[int]] = defaultdict(list)
     singles: list[tuple[int, str, str]] = []
+    handle = shop_handle(shop)
     for c in claimed:
         raw = raws[(c.customer_id, c.sequence_id)]
         if raw is None:
@@ -116,9 +131,9 @@ def _dispatch(
                 enrolment_store.due_key(shop), enrolment_store.member(c.customer_id, c.sequence_id)
             )
             continue
-        enr = enrolment_store.decode(c.customer_id, c.sequence_id, raw)
-        groups[(c.sequence_id, enr.version, enr.next_step)].append(c.customer_id)
-        job_id = step_job_id(shop, c.customer_id, c.sequence_id, enr.cycle, enr.next_step)
+        version, cycle, next_step = enrolment_store.peek(raw)
+        groups[(c.sequence_id, version, next_step)].append(c.customer_id)
+        job_id = f"step-{handle}-{c.customer_id}-{c.sequence_id}-{cycle}-{next_step}"
         singles.append((c.customer_id, c.sequence_id, job_id))
     in_batches: set[tuple[int, str]] = set()
     for (seq_id, _version, _step), ids in groups.items():
@@ -129,24 +144,69 @@ def _dispatch(
     todo = [s for s in singles if (s[0], s[1]) not in in_batches]
     if not todo:
         return
-    with conn.pipeline(transaction=False) as pipe:
-        for _, _, job_id in todo:
-            pipe.hget(f"rq:job:{job_id}", "status")
-        statuses = pipe.execute()
+    busy = _held(conn, shop, [enrolment_store.member(cid, seq) for cid, seq, _ in todo])
+    if len(todo) < chunk_min:
+        # Few steps: one job each, under the step's own id (checked too: a step handed off by
+        # a chunk job, or queued before chunks existed).
+        with conn.pipeline(transaction=False) as pipe:
+            for _, _, job_id in todo:
+                pipe.hget(f"rq:job:{job_id}", "status")
+            statuses = pipe.execute()
+        busy = [b or st in _BUSY for b, st in zip(busy, statuses, strict=True)]
+    ready = [item for item, b in zip(todo, busy, strict=True) if not b]
+    result.already_queued += len(todo) - len(ready)
+    if not ready:
+        return
     queue = get_queue(conn, STEPS)
     datas = []
-    for (cid, seq_id, job_id), status in zip(todo, statuses, strict=True):
-        if status in _BUSY:
-            result.already_queued += 1
-            continue
-        datas.append(
-            queue.prepare_data(
-                steps.RUN_STEP, args=(shop, cid, seq_id), job_id=job_id, retry=default_retry()
+    marks: dict[str, str] = {}
+    if len(todo) < chunk_min:
+        for cid, seq_id, job_id in ready:
+            marks[enrolment_store.member(cid, seq_id)] = job_id
+            datas.append(
+                queue.prepare_data(
+                    steps.RUN_STEP, args=(shop, cid, seq_id), job_id=job_id, retry=default_retry()
+                )
             )
-        )
+    else:
+        for start in range(0, len(ready), chunk_size):
+            chunk = ready[start : start + chunk_size]
+            job_id = chunk_job_id(shop, [j for _, _, j in chunk])
+            marks.update({enrolment_store.member(cid, seq): job_id for cid, seq, _ in chunk})
+            datas.append(
+                queue.prepare_data(
+                    steps.RUN_STEPS,
+                    args=(shop, [[cid, seq] for cid, seq, _ in chunk]),
+                    job_id=job_id,
+                    retry=default_retry(),
+                )
+            )
+        result.jobs += len(datas)
+    steps.mark_held(conn, shop, marks)
     for start in range(0, len(datas), 500):
         queue.enqueue_many(datas[start : start + 500])
-    result.enqueued += len(datas)
+    result.enqueued += len(ready)
+
+
+def chunk_job_id(shop: str, step_job_ids: list[str]) -> str:
+    """Deterministic from the claim: the same due steps make the same id."""
+    digest = hashlib.sha1("\n".join(step_job_ids).encode()).hexdigest()[:20]
+    return f"steps-{shop_handle(shop)}-{digest}"
+
+
+def _held(conn: redis.Redis, shop: str, members: list[str]) -> list[bool]:
+    """For each member: is a job that holds it (:func:`worker.steps.in_chunk_key`) still queued
+    or running? One HMGET, then one status read per distinct holding job."""
+    holders = conn.hmget(steps.in_chunk_key(shop), members)
+    names = [h.decode() if isinstance(h, bytes) else None for h in holders]
+    distinct = sorted({n for n in names if n})
+    busy: set[str] = set()
+    if distinct:
+        with conn.pipeline(transaction=False) as pipe:
+            for job_id in distinct:
+                pipe.hget(f"rq:job:{job_id}", "status")
+            busy = {j for j, st in zip(distinct, pipe.execute(), strict=True) if st in _BUSY}
+    return [n is not None and n in busy for n in names]
 
 
 def run_forever(

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from rq import get_current_job
+from rq import Retry, get_current_job
 
 from crm.analytics import is_held_out
 from crm.decisions import Decision
@@ -58,19 +58,29 @@ from plugin import shops
 from plugin.graphql import CUSTOMER_TAGS_ADD, CUSTOMER_TAGS_REMOVE, METAFIELDS_SET
 from plugin.tokens import fresh_access_token
 
-from . import bulk, decision_log, enrolment_store, profile_store, sequence_store, writeback
+from . import (
+    bulk,
+    decision_log,
+    enrolment_store,
+    profile_store,
+    restore,
+    sequence_store,
+    writeback,
+)
 from .app_events import Context, job_context
-from .queues import BULK, STEPS, default_retry, enqueue, get_queue
+from .queues import BULK, DEFAULT_RETRY_INTERVALS, STEPS, default_retry, enqueue, get_queue
 
 log = logging.getLogger(__name__)
 
 RUN_STEP = "worker.steps.run_step"
+RUN_STEPS = "worker.steps.run_steps"
 EVALUATE_CUSTOMER = "worker.steps.evaluate_customer"
 EVALUATE_SHOP = "worker.steps.evaluate_shop"
 RUN_BATCH = "worker.steps.run_batch"
 FINISH_BATCH = "worker.steps.finish_batch"
 
 PAUSE_RETRY = timedelta(hours=1)
+IN_CHUNK_TTL = timedelta(days=1)
 MAX_RACES = 20  # compare-and-set attempts before RQ retries the job
 CHUNK = 500
 #: How long finish_batch polls a bulk operation inline before letting RQ retry it later.
@@ -249,6 +259,72 @@ def run_step(shop: str, customer_id: int, sequence_id: str) -> str:
         if job is not None and not job.retries_left:
             give_up(ctx, shop, int(customer_id), sequence_id, exc)
         raise
+
+
+def in_chunk_key(shop: str) -> str:
+    """Hash ``"{customer_id}:{sequence_id}"`` → the :func:`run_steps` job holding that step."""
+    return f"kizuna:{shop}:inchunk"
+
+
+def mark_held(conn: redis.Redis, shop: str, marks: Mapping[str, str]) -> None:
+    """Record which job holds each step (member → job id), see :func:`in_chunk_key`."""
+    if not marks:
+        return
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hset(in_chunk_key(shop), mapping=dict(marks))  # type: ignore[arg-type]
+        pipe.expire(in_chunk_key(shop), int(IN_CHUNK_TTL.total_seconds()))
+        pipe.execute()
+
+
+def run_steps(shop: str, pairs: list[list[Any]]) -> str:
+    """RQ job (queue ``steps``): run many due steps, each on its own (:func:`handle_step`).
+
+    One step's failure touches no other: a permanent one ends that enrolment visibly inside
+    :func:`handle_step`; a transient or unexpected one hands that step to its own
+    :func:`run_step` job (the retries a step job gets, less the run made here), so a retry never
+    re-runs the steps this job finished. If the job itself dies (a killed work-horse), RQ's
+    ``Retry`` runs it again: the steps done already find their enrolment advanced and do
+    nothing, and a step cut short repeats its idempotent writes.
+    """
+    ctx = job_context()
+    outcomes: dict[str, int] = {}
+    handed: list[tuple[int, str]] = []
+    for cid, seq_id in pairs:
+        try:
+            outcome = handle_step(ctx, shop, int(cid), str(seq_id))
+        except Exception as exc:  # noqa: BLE001 - isolate the step; its own job reports it
+            log.warning("step %s:%s handed to its own job: %s", cid, seq_id, exc,
+                        extra={"shop": shop})  # fmt: skip
+            handed.append((int(cid), str(seq_id)))
+            outcome = "handed_off"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    _hand_off(ctx.conn, shop, handed)
+    ctx.conn.hdel(in_chunk_key(shop), *(enrolment_store.member(c, s) for c, s in pairs))
+    return ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items()))
+
+
+def _hand_off(conn: redis.Redis, shop: str, items: list[tuple[int, str]]) -> None:
+    from .scheduler import step_job_id
+
+    if not items:
+        return
+    retry = Retry(max=len(DEFAULT_RETRY_INTERVALS) - 1, interval=DEFAULT_RETRY_INTERVALS[1:])
+    raws = enrolment_store.load_many(conn, shop, items)
+    queue = get_queue(conn, STEPS)
+    datas = []
+    marks: dict[str, str] = {}
+    for cid, seq_id in items:
+        raw = raws[(cid, seq_id)]
+        if raw is None:
+            continue
+        enr = enrolment_store.decode(cid, seq_id, raw)
+        job_id = step_job_id(shop, cid, seq_id, enr.cycle, enr.next_step)
+        marks[enrolment_store.member(cid, seq_id)] = job_id
+        datas.append(queue.prepare_data(RUN_STEP, args=(shop, cid, seq_id), job_id=job_id,
+                                        retry=retry))  # fmt: skip
+    if datas:
+        mark_held(conn, shop, marks)
+        queue.enqueue_many(datas)
 
 
 def give_up(ctx: Context, shop: str, customer_id: int, sequence_id: str, exc: Exception) -> bool:
@@ -464,14 +540,14 @@ def _evaluate_one(
             if _end_without_customer(ctx, shop, enr, raw, seq, now):
                 return 1
             continue
-        result = evaluate(
-            profile,
-            seq,
-            enr,
-            now,
-            state.rules,
-            segments=segments_of(profile, now, state.thresholds),
-        )
+        segments = segments_of(profile, now, state.thresholds)
+        if raw is None and restore.tagged_step(seq, profile.tags) is not None:
+            outcome = _restore_one(ctx, state, shop, seq, profile, now, segments)
+            if outcome is not None:
+                return outcome
+            if enrolment_store.load_raw(conn, shop, seq_id, customer_id) is not None:
+                continue  # restored meanwhile by another job
+        result = evaluate(profile, seq, enr, now, state.rules, segments=segments)
         new = result.enrolment
         held = _hold_out(conn, state, shop, seq, enr, result, now)
         if held is not None:
@@ -506,6 +582,36 @@ def _evaluate_one(
                 conn.hset(holdout_key(shop, seq_id), str(customer_id), held.mark)
             return 1
     raise ServerError(f"enrolment {customer_id}:{seq_id} kept changing", shop=shop)
+
+
+def _restore_one(
+    ctx: Context,
+    state: ShopState,
+    shop: str,
+    seq: Sequence,
+    profile: Profile,
+    now: datetime,
+    segments: dict[str, datetime],
+) -> int | None:
+    """A customer without an enrolment who carries one of the sequence's tags (Kizuna's Redis
+    was wiped or the app reinstalled): put them back at the step after the tagged one
+    (:mod:`worker.restore`). Answer 1 when restored, 0 when the shop cannot be read now, None
+    when the tags prove nothing (the customer is evaluated as new)."""
+    try:
+        token = fresh_access_token(ctx.conn, ctx.settings, shop, ctx.clock)
+    except ShopUnavailable:
+        return 0
+    check = restore.coupon_checker(ctx.admin_client(), shop, token)
+    found = restore.restored(profile, seq, now, state.rules, segments, check)
+    if found is None:
+        return None
+    cid = profile.customer_id
+    if enrolment_store.commit(
+        ctx.conn, shop, cid, seq.id, None, found.enrolment, log=[found.decision]
+    ):
+        log.info("enrolment %s:%s restored from %s", cid, seq.id, found.tag, extra={"shop": shop})
+        return 1
+    return None
 
 
 def evaluate_shop(shop: str, sequence_id: str) -> str:
@@ -795,17 +901,19 @@ def handle_finish_batch(
             failed_cids |= set(owners)
         else:
             failed_cids |= {owners[n] for n in bad if 0 <= n < len(owners)}
-    committed = 0
-    for cid in planned:
-        if cid in failed_cids:
-            continue
-        entry = plan[cid]
-        new = enrolment_store.decode(cid, sequence_id, entry["new"])
-        if enrolment_store.commit(
-            conn, shop, cid, sequence_id, entry["raw"], new,
-            last_step_at=done_at, log=entry["log"],
-        ):  # fmt: skip
-            committed += 1
+    commits = [
+        enrolment_store.Commit(
+            cid,
+            sequence_id,
+            plan[cid]["raw"],
+            enrolment_store.decode(cid, sequence_id, plan[cid]["new"]),
+            last_step_at=done_at,
+            log=tuple(plan[cid]["log"]),
+        )  # fmt: skip
+        for cid in planned
+        if cid not in failed_cids
+    ]
+    committed = sum(enrolment_store.commit_many(conn, shop, commits))
     _enqueue_singles(conn, shop, sequence_id, sorted(failed_cids))
     _drop_batch(conn, shop, batch_id, ops)
     return f"batch {batch_id}: {committed} committed, {len(failed_cids)} retried one by one"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -117,13 +118,15 @@ class Stack:
         self.sync()
 
 
-@pytest.fixture()
-def stack(
+@contextmanager
+def running_stack(
     conn: redis.Redis,
     test_env: dict[str, str],
     devstore: Devstore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Stack]:
+    """The app on an ephemeral port, the devstore, the shop installed (other test modules
+    build their own fixture on it)."""
     devstore.set_time(START)
     holder: dict[str, Any] = {}
     server = make_server("127.0.0.1", 0, lambda e, s: holder["app"](e, s), threaded=True)
@@ -157,6 +160,17 @@ def stack(
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture()
+def stack(
+    conn: redis.Redis,
+    test_env: dict[str, str],
+    devstore: Devstore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Stack]:
+    with running_stack(conn, test_env, devstore, monkeypatch) as s:
+        yield s
 
 
 def _subscribed_customer(stack: Stack, email: str, **extra: Any) -> int:
@@ -350,3 +364,104 @@ def test_step_job_for_a_paused_shop_reschedules_instead_of_failing(stack: Stack)
     assert score is not None and score > stack.clock.now().timestamp()
     assert stack.customer_view(cid)["discount_codes"] == []
     assert not stack.conn.exists(f"rq:queue:{STEPS}") or stack.conn.llen(f"rq:queue:{STEPS}") == 0
+
+
+def test_redeemed_coupon_ends_the_sequence_and_removes_its_tags(stack: Stack) -> None:
+    """A first order enrols the customer; the coupon step issues their code; the customer
+    orders again with that code (the ``orders/create`` webhook carries ``discount_codes``).
+    The enrolment must exit with reason ``coupon_redeemed``, the sequence's tags must be gone
+    from the customer in Shopify, and moving the clock past the next step's time must fire
+    nothing more (no tag, no second code)."""
+    product = stack.ctl("/products", {"title": "Hand cream", "variants": [{"price": "2000"}]})
+    definition = {
+        "id": "thanks",
+        "title": "Thanks, then a reminder",
+        "trigger": {"kind": "first_order"},
+        "steps": [
+            {"key": "coupon", "offset_days": 1, "send_hour": 10,
+             "discount": {"kind": "percentage", "value": 10, "valid_days": 30}},
+            {"key": "reminder", "offset_days": 20, "send_hour": 10},
+        ],
+        "exit": {"on_redeem": True},
+    }  # fmt: skip
+    r = stack.api("POST", "/api/sequences", {"definition": definition})
+    assert r.status_code == 201, r.text
+    seq_id = str(r.json()["id"])
+    assert stack.api("POST", f"/api/sequences/{seq_id}/activate").status_code == 200
+    stack.work()
+    cid = _subscribed_customer(stack, "redeem@example.com")
+    stack.order(cid, product)  # 1 July, 12:00 Tokyo
+    stack.sync(cid)
+    enr = enrolment_store.load(stack.conn, SHOP, seq_id, cid)
+    assert enr is not None and enr.active and enr.due_at == _tokyo(2026, 7, 2)
+
+    stack.advance_to(_tokyo(2026, 7, 2, 10, 5))
+    codes = stack.customer_view(cid)["discount_codes"]
+    assert len(codes) == 1
+    code = codes[0]["code"]
+    assert f"kizuna:{seq_id}:coupon" in stack.tags(cid)
+    enr = enrolment_store.load(stack.conn, SHOP, seq_id, cid)
+    assert enr is not None and enr.active and enr.next_step == 1
+
+    # The customer uses the code on 5 July (the shop's checkout accepts it lower-case too).
+    stack.clock.set(_tokyo(2026, 7, 5, 15))
+    stack.order(cid, product, discount_codes=[{"code": code.lower(), "amount": "200"}])
+    stack.sync(cid)
+
+    enr = enrolment_store.load(stack.conn, SHOP, seq_id, cid)
+    assert enr is not None and enr.status == "exited" and enr.due_at is None
+    assert not any(t.startswith(f"kizuna:{seq_id}:") for t in stack.tags(cid))
+    exits = [
+        e
+        for e in decision_log.read(stack.conn, SHOP, cid)
+        if e["sequence"] == seq_id and e["decision"] == "exited"
+    ]
+    assert [e["reason"] for e in exits] == ["coupon_redeemed"]
+    assert exits[0]["detail"]["code"] == code
+    assert stack.conn.zscore(enrolment_store.due_key(SHOP), f"{cid}:{seq_id}") is None
+
+    # The reminder's time (21 July) passes: nothing fires.
+    stack.advance_to(_tokyo(2026, 7, 22, 12))
+    assert not any(t.startswith(f"kizuna:{seq_id}:") for t in stack.tags(cid))
+    assert len(stack.customer_view(cid)["discount_codes"]) == 1
+    done = [
+        e
+        for e in decision_log.read(stack.conn, SHOP, cid)
+        if e["sequence"] == seq_id and e["decision"] == "step_done"
+    ]
+    assert [e["step"] for e in done] == ["coupon"]
+
+
+def test_chunk_job_runs_each_step_alone_and_one_permanent_failure_spares_the_others(
+    stack: Stack,
+) -> None:
+    """Three birthday steps are due together and go in one chunk job; one customer was deleted
+    in Shopify meanwhile (tagsAdd answers "Resource not found"). Must not happen: the other two
+    customers' coupons missing, the chunk job failing as a whole, or the deleted customer's
+    failure invisible (it must be in the shop's failures and their decision log)."""
+    from devstore.state import Store
+
+    seq_id = _sequence(stack, "birthday_coupon")
+    ids = [_subscribed_customer(stack, f"chunk{i}@example.com") for i in range(3)]
+    for cid in ids:
+        _with_birthday(stack, cid, "1990-08-20")
+    stack.sync(*ids)
+    Store(stack.conn, stack.clock).delete(SHOP, "customers", ids[1])
+    stack.clock.set(_tokyo(2026, 8, 1, 10, 5))
+    result = tick(stack.conn, stack.clock.now(), chunk_min=2, chunk_size=10)
+    assert result.enqueued == 3 and result.jobs == 1
+    stack.work()
+    for cid in (ids[0], ids[2]):
+        assert len(stack.customer_view(cid)["discount_codes"]) == 1
+        enr = enrolment_store.load(stack.conn, SHOP, seq_id, cid)
+        assert enr is not None and enr.status == "done"
+    failures = enrolment_store.failures(stack.conn, SHOP)
+    assert list(failures) == [f"{ids[1]}:{seq_id}"]
+    log = decision_log.read(stack.conn, SHOP, ids[1])
+    assert [e["decision"] for e in log if e["sequence"] == seq_id][-1] == "failed"
+    queue = Queue(STEPS, connection=stack.conn, serializer=JSONSerializer)
+    from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+    assert FailedJobRegistry(queue=queue).get_job_ids() == []
+    finished = FinishedJobRegistry(queue=queue).get_job_ids()
+    assert any(j.startswith("steps-") for j in finished)
