@@ -31,6 +31,7 @@ from worker.scheduler import tick
 
 POINTS = ("before_call", "after_call", "before_record")
 WITHIN = timedelta(minutes=3)
+STEPS = 250  # each is killed at the three points, then completes: 1,000 executions
 
 
 def _rounds(stack: FaultStack, workers: int, **env: str) -> int:
@@ -48,14 +49,16 @@ def _rounds(stack: FaultStack, workers: int, **env: str) -> int:
 
 
 def test_work_horses_killed_at_every_point_of_a_step(fstack: FaultStack) -> None:
-    """Tried: 70 birthday steps (tag, unique coupon, metafields, Flow) on two forking workers
+    """Tried: 250 birthday steps (tag, unique coupon, metafields, Flow) on two forking workers
     whose work-horse is SIGKILLed once per step at each point — before the Shopify calls, after
     Shopify answered a write but before the answer was read, after the writes before the
-    commit — 210 kills. Must not happen: a step lost, a second coupon, a second step_done, a
-    step done more than 3 minutes after its due time, or fewer than 200 real kills."""
-    seq_id, ids = fstack.birthday_cohort(70)
+    commit — so 1,000 step executions, 750 of them killed. One job per step (no chunk jobs), so
+    that every execution can be killed. Must not happen: a step lost, a second coupon, a second
+    step_done, a step done more than 3 minutes after its due time, or fewer than 700 real
+    kills."""
+    seq_id, ids = fstack.birthday_cohort(STEPS)
     fstack.clock.set(BIRTHDAY_DUE)
-    tick(fstack.conn, fstack.clock.now())
+    tick(fstack.conn, fstack.clock.now(), chunk_min=STEPS + 1)
     started = time.monotonic()
     rounds = _rounds(fstack, 2, **{KILL_ENV: ",".join(POINTS), RESERVATION_TTL_ENV: "1"})
     kills = {p: int(fstack.conn.get(kills_key(p)) or 0) for p in POINTS}
@@ -65,7 +68,7 @@ def test_work_horses_killed_at_every_point_of_a_step(fstack: FaultStack) -> None
     print(f"FAULT-STATS killed_workers kills={kills} rounds={rounds} "
           f"seconds={time.monotonic() - started:.1f} flow_repeats={audit.flow_repeats}",
           flush=True)  # fmt: skip
-    if sum(kills.values()) < 200:
+    if sum(kills.values()) < 700:
         audit.unexpected.append(f"only {sum(kills.values())} kills")
     audit.line("killed_workers")
 
