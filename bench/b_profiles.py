@@ -100,6 +100,23 @@ def parse_only(urls: list[str]) -> tuple[int, float]:
     return len(lines), time.perf_counter() - started
 
 
+def peak_rss_kb() -> int:
+    """This process's peak resident set (``VmHWM``).
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that across ``exec`` from the forking
+    parent, so a worker started by this (large) benchmark process reported the parent's peak
+    (265 MB) rather than its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def backfill_child(app_url: str, urls: list[str]) -> None:
     """In the worker process: stream every export into the app's Redis; print the figures."""
     from worker import backfill
@@ -113,7 +130,7 @@ def backfill_child(app_url: str, urls: list[str]) -> None:
             raise RuntimeError(f"backfill {kind}: {outcome}")
         rows += int(conn.hget(backfill.progress_key(SHOP), f"{kind}_line") or 0)
     seconds = time.perf_counter() - started
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = peak_rss_kb()
     print(json.dumps({"rows": rows, "seconds": seconds, "peak_kb": peak_kb}))
 
 
@@ -140,8 +157,27 @@ def plain_json_bytes(conn: redis.Redis, sample: int = 1000) -> float:
         sizes.append(int(conn.memory_usage(key) or 0))
         conn.delete(key)
     ours = [int(conn.memory_usage(profile_store.profile_key(SHOP, i)) or 0) for i in ids]
-    note(f"one profile key alone: {sum(ours) / len(ours):.0f} bytes (zlib JSON)")
+    note(f"one profile key alone: {sum(ours) / len(ours):.0f} bytes (format 2: packed, deflated)")
     return sum(sizes) / len(sizes)
+
+
+def bytes_by_kind(conn: redis.Redis, profiles: int) -> dict[str, float]:
+    """``MEMORY USAGE`` per kind of key (``profile``, ``idx``, ``search``, owner claims…) per
+    profile: where a profile's bytes go."""
+    sizes: dict[str, int] = {}
+    prefix = f"kizuna:{SHOP}:"
+    with conn.pipeline(transaction=False) as pipe:
+        names = [k.decode() for k in conn.scan_iter(count=5000)]
+        for name in names:
+            pipe.memory_usage(name, samples=0)
+        usage = pipe.execute()
+    for name, size in zip(names, usage, strict=True):
+        if name.startswith(prefix):
+            kind = name[len(prefix) :].split(":", 1)[0]
+        else:
+            kind = ":".join(name.split(":")[:3])
+        sizes[kind] = sizes.get(kind, 0) + int(size or 0)
+    return {kind: size / max(1, profiles) for kind, size in sorted(sizes.items())}
 
 
 def run() -> Iterator[Figure]:
@@ -185,6 +221,10 @@ def run() -> Iterator[Figure]:
         yield Figure(
             "backfill_rows_per_s", rate, "rows/s", lines / parse_seconds, ">5000/s", rate > 5000
         )
+        kinds = bytes_by_kind(app, profiles)
+        note("bytes per profile by key kind: " + ", ".join(
+            f"{kind} {size:.0f}" for kind, size in kinds.items() if size >= 1
+        ))  # fmt: skip
         per_profile = (after - before) / max(1, profiles)
         yield Figure(
             "profile_bytes", per_profile, "bytes", plain_json_bytes(app), "<1024",

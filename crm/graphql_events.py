@@ -353,13 +353,14 @@ class BulkGroups:
             raise ValidationError(f"line {line}: not a JSON object", field="row")
         parent = row.get("__parentId")
         if parent is None:
-            done, self._open = self._open, Group(row=dict(row), first_line=line)
+            own = row if isinstance(row, dict) else dict(row)  # parsed rows are ours already
+            done, self._open = self._open, Group(row=own, first_line=line)
             return done
         if self._open is None or self._open.row.get("id") != parent:
             raise ValidationError(
                 f"line {line}: child of {parent!r} is not next to its parent", field="__parentId"
             )
-        self._open.children.append(dict(row))
+        self._open.children.append(row if isinstance(row, dict) else dict(row))
         return None
 
     def close(self) -> Group | None:

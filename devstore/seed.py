@@ -190,7 +190,9 @@ def seed(
     return _seed_shop(store, shop, customers, now, seed)
 
 
-def _seed_shop(store: Store, shop: str, customers: int, now: datetime, seed: int) -> SeedSummary:
+def _seed_shop(
+    store: Store, shop: str, customers: int, now: datetime, seed: int, orders: int | None = None
+) -> SeedSummary:
     if store.get_shop(shop) is None:
         raise ValueError(f"shop: no shop {shop!r}; create it first")
     if customers < 0:
@@ -204,6 +206,8 @@ def _seed_shop(store: Store, shop: str, customers: int, now: datetime, seed: int
     for buyer in buyers:
         buyer.orders = _orders_for(rng, buyer, start, now)
         drafts.extend(buyer.orders)
+    if orders is not None:
+        drafts.extend(_top_up(rng, buyers, len(drafts), orders, now))
     guests = int(len(drafts) * GUEST_SHARE)
     for n in range(guests):
         at = start + timedelta(seconds=rng.uniform(0, (now - start).total_seconds()))
@@ -221,10 +225,22 @@ def _seed_shop(store: Store, shop: str, customers: int, now: datetime, seed: int
 
 
 def seed_large(
-    store: Store, shop: str, *, customers: int = 20_000, now: datetime, seed: int = 1
+    store: Store,
+    shop: str,
+    *,
+    customers: int = 20_000,
+    orders: int | None = None,
+    now: datetime,
+    seed: int = 1,
 ) -> SeedSummary:
-    """A large shop for backfill tests and benchmarks (about three orders per customer)."""
-    return _seed_shop(store, shop, customers, now, seed)
+    """A large shop for backfill tests and benchmarks (about 2.7 orders per customer).
+
+    ``orders`` asks for at least that many orders in all (guest orders included): repeat buyers
+    get extra orders of another product until the count is reached.
+    """
+    if orders is not None and orders < 0:
+        raise ValueError("orders: must be zero or more")
+    return _seed_shop(store, shop, customers, now, seed, orders)
 
 
 # -- planning (pure) ----------------------------------------------------------------------------
@@ -329,6 +345,25 @@ def _orders_for(rng: random.Random, b: _Buyer, start: datetime, now: datetime) -
             continue
         out.append(_OrderDraft(at, _basket(rng, main, qty), b, email))
     return out
+
+
+def _top_up(
+    rng: random.Random, buyers: list[_Buyer], have: int, target: int, now: datetime
+) -> list[_OrderDraft]:
+    """Orders that bring ``have`` customer orders to ``target`` orders in all, guest orders
+    (GUEST_SHARE on top of customer orders) included: each a repeat buyer's occasional purchase
+    of another product between their first order and ``now``."""
+    repeat = [b for b in buyers if b.kind == "repeat" and b.orders]
+    extra: list[_OrderDraft] = []
+    while repeat and have + len(extra) + int((have + len(extra)) * GUEST_SHARE) < target:
+        b = rng.choice(repeat)
+        first = b.orders[0].at
+        span = max(120.0, (now - first).total_seconds())
+        at = min(first + timedelta(seconds=rng.uniform(60, span)), now - timedelta(minutes=1))
+        draft = _OrderDraft(at, [(rng.randrange(4), 1)], b, b.data["email"])
+        b.orders.append(draft)
+        extra.append(draft)
+    return extra
 
 
 def _basket(rng: random.Random, main: int, qty: int) -> list[tuple[int, int]]:

@@ -25,12 +25,12 @@ totals come from webhooks.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import redis
 import requests
 from redis.client import Pipeline
@@ -42,13 +42,13 @@ from crm.profile import Profile, apply
 from crm.segments import Thresholds
 from plugin import shops
 
-from . import profile_store, search_index
+from . import profile_store
 from .queues import BULK, default_retry, get_queue
 
 log = logging.getLogger(__name__)
 
 ORDER_DAYS = 60
-BATCH = 250
+BATCH = 1000
 POLL_SECONDS = 15
 LOCK_SECONDS = 600
 KINDS = ("customers", "orders")
@@ -335,8 +335,8 @@ def _lines(response: requests.Response, start: int) -> Iterator[tuple[int, Mappi
         if number < start or not raw.strip():
             continue
         try:
-            row = json.loads(raw)
-        except ValueError:
+            row = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             raise ValidationError(f"line {number}: not JSON", field="row") from None
         yield number, row
 
@@ -427,6 +427,21 @@ def merge_groups(
     return next_line
 
 
+# KEYS: one owner hash per claim; ARGV: the shop, then each claim's field (the resource id).
+# Claims each resource for the shop unless another shop has it (HSETNX, as the ingest job does);
+# answers the positions (1-based) of the claims another shop holds. One round trip per batch.
+_CLAIM_SCRIPT = """
+local foreign = {}
+for i = 1, #KEYS do
+  if redis.call('HSETNX', KEYS[i], ARGV[i + 1], ARGV[1]) == 0 then
+    if redis.call('HGET', KEYS[i], ARGV[i + 1]) ~= ARGV[1] then foreign[#foreign + 1] = i end
+  end
+end
+return foreign
+"""
+CLAIMS_PER_CALL = 2000
+
+
 def claim(conn: redis.Redis, shop: str, by_customer: Mapping[int, list[Event]]) -> set[int]:
     """Claim the customers and orders for ``shop`` (as the ingest job does); answer the
     customers that belong to another shop (left out)."""
@@ -436,15 +451,13 @@ def claim(conn: redis.Redis, shop: str, by_customer: Mapping[int, list[Event]]) 
     for cid, evs in by_customer.items():
         claims.append(("customer", cid, cid))
         claims += [("order", oid, cid) for e in evs for oid in e.order_ids]
-    with conn.pipeline(transaction=False) as pipe:
-        for kind, rid, _ in claims:
-            pipe.hsetnx(owner_key(kind, rid), str(rid), shop)
-            pipe.hget(owner_key(kind, rid), str(rid))
-        answers = pipe.execute()
+    script = conn.register_script(_CLAIM_SCRIPT)
     foreign = set()
-    for (_kind, _rid, cid), owner in zip(claims, answers[1::2], strict=True):
-        if owner is not None and owner.decode() != shop:
-            foreign.add(cid)
+    for start in range(0, len(claims), CLAIMS_PER_CALL):
+        part = claims[start : start + CLAIMS_PER_CALL]
+        keys = [owner_key(kind, rid) for kind, rid, _ in part]
+        answer: Any = script(keys=keys, args=[shop, *(str(rid) for _, rid, _ in part)])
+        foreign |= {part[int(i) - 1][2] for i in answer}
     return foreign
 
 
@@ -464,29 +477,21 @@ def merge_events(
     for cid in claim(conn, shop, events_of):
         log.warning("customer %s belongs to another shop; not merged", cid, extra={"shop": shop})
         events_of.pop(cid)
-    before: dict[int, Profile | None] = {}
-    after: dict[int, Profile] = {}
 
     def change(profiles: dict[int, Profile | None], _: Pipeline) -> dict[int, Profile]:
-        before.clear()
-        after.clear()
+        after: dict[int, Profile] = {}
         for cid, evs in events_of.items():
             old = profiles.get(cid)
             profile = old
             for event in evs:
                 profile = apply(profile, event)
             assert profile is not None
-            if old is None or old.to_dict() != profile.to_dict():
-                before[cid], after[cid] = old, profile
-        return dict(after)
+            if old is None or old != profile:  # dataclass equality: every field, registers too
+                after[cid] = profile
+        return after
 
-    def write_also(pipe: Pipeline) -> None:
-        for cid, profile in after.items():
-            search_index.update(pipe, shop, before[cid], profile)
-        if also is not None:
-            also(pipe)
-
-    profile_store.transact(
-        conn, shop, events_of.keys(), change, now=now, thresholds=thresholds, also=write_also
+    # transact keeps the search index in step with what it saves
+    changed = profile_store.transact(
+        conn, shop, events_of.keys(), change, now=now, thresholds=thresholds, also=also
     )
-    return list(after)
+    return list(changed)

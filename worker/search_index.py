@@ -3,15 +3,20 @@
 One sorted set per shop, ``kizuna:{shop}:search``, every score 0, members
 ``"{term}\\x1f{customer_id}"``: a lookup is one ``ZRANGEBYLEX`` over the prefix, whatever the
 number of customers (never a scan of profiles). Terms of a profile: its lower-cased email, its
-first name, last name and "first last", and each order's name (``#1001`` and ``1001``).
+last name, "first last" (which a first name alone also finds) and each order's name without
+its ``#`` (queries drop a leading ``#`` too, so ``#1001`` and ``1001`` both find it).
 
 :func:`update` takes the profile before and after a change and moves only the terms that
-changed; it takes a pipeline so the caller's transaction covers it. The webhook ingest job does
-not call it yet (it belongs to another module): the reconcile job re-indexes every profile it
-touches, and :func:`reindex` rebuilds the index from the stored profiles.
+changed; it takes a pipeline so the caller's transaction covers it.
+:func:`worker.profile_store.transact` calls it for every profile it saves (ingest, backfill,
+reconcile, segment refresh), and :func:`reindex` rebuilds the index from the stored profiles.
+An index written by the first version (a term for the first name alone, order names with their
+``#``) still answers every query; an update removes those older terms of the customer.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import redis
 from redis.client import Pipeline
@@ -26,21 +31,37 @@ def search_key(shop: str) -> str:
     return f"kizuna:{shop}:search"
 
 
+def _norm(value: str) -> str:
+    """A term or a query as the index compares it: trimmed, lower-cased, without a leading
+    ``#`` (an order name is found as ``#1001`` and ``1001`` alike)."""
+    return value.strip().lower().lstrip("#").strip()[:MAX_TERM]
+
+
 def terms(profile: Profile | None) -> set[str]:
-    """The search terms of a profile (none for a missing, deleted or merged-away one)."""
+    """The search terms of a profile (none for a missing, deleted or merged-away one).
+
+    The first name has no term of its own: "first last" starts with it.
+    """
     if profile is None or not profile.active:
         return set()
-    out: set[str] = set()
     first = (profile.first_name or "").strip().lower()
     last = (profile.last_name or "").strip().lower()
-    for value in (profile.email, first, last, f"{first} {last}".strip()):
-        if value:
-            out.add(value.strip().lower()[:MAX_TERM])
-    for order in profile.orders.values():
-        if order.name and not order.deleted:
-            name = order.name.strip().lower()[:MAX_TERM]
-            out.add(name)
-            out.add(name.lstrip("#"))
+    values = [profile.email or "", last, f"{first} {last}".strip()]
+    values += [o.name for o in profile.orders.values() if o.name and not o.deleted]
+    return {t for t in map(_norm, values) if t and SEP not in t}
+
+
+def legacy_terms(profile: Profile | None) -> set[str]:
+    """The terms the first version of the index kept (first name alone, ``#``-names), so an
+    update removes them too from an index built before."""
+    if profile is None or not profile.active:
+        return set()
+    out = {(profile.first_name or "").strip().lower()[:MAX_TERM]}
+    out |= {
+        o.name.strip().lower()[:MAX_TERM]
+        for o in profile.orders.values()
+        if o.name and o.name.strip().startswith("#")
+    }
     return {t for t in out if t and SEP not in t}
 
 
@@ -48,15 +69,30 @@ def update(
     pipe: Pipeline | redis.Redis, shop: str, before: Profile | None, after: Profile | None
 ) -> None:
     """Move the index from ``before``'s terms to ``after``'s (same customer)."""
-    profile = after or before
-    if profile is None:
-        return
-    cid = profile.customer_id
-    old, new = terms(before), terms(after)
-    if old - new:
-        pipe.zrem(search_key(shop), *(f"{t}{SEP}{cid}" for t in sorted(old - new)))
-    if new - old:
-        pipe.zadd(search_key(shop), {f"{t}{SEP}{cid}": 0 for t in sorted(new - old)})
+    update_many(pipe, shop, [(before, after)])
+
+
+def update_many(
+    pipe: Pipeline | redis.Redis,
+    shop: str,
+    changes: Iterable[tuple[Profile | None, Profile | None]],
+) -> None:
+    """:func:`update` for several customers, in one ``ZREM`` and one ``ZADD``."""
+    gone: list[str] = []
+    new_members: dict[str, float] = {}
+    for before, after in changes:
+        profile = after or before
+        if profile is None:
+            continue
+        cid = profile.customer_id
+        old, new = terms(before), terms(after)
+        stale = (old | legacy_terms(before)) - new
+        gone += (f"{t}{SEP}{cid}" for t in sorted(stale))
+        new_members.update((f"{t}{SEP}{cid}", 0) for t in sorted(new - old))
+    if gone:
+        pipe.zrem(search_key(shop), *gone)
+    if new_members:
+        pipe.zadd(search_key(shop), new_members)
 
 
 def remove_customer(conn: redis.Redis, shop: str, customer_id: int) -> int:
@@ -73,7 +109,7 @@ def remove_customer(conn: redis.Redis, shop: str, customer_id: int) -> int:
 def find(conn: redis.Redis, shop: str, query: str, limit: int = 200) -> list[int]:
     """Customer ids with a term starting with ``query`` (case-insensitive), best effort
     ordered by term, without duplicates; at most ``limit``."""
-    q = query.strip().lower()[:MAX_TERM]
+    q = _norm(query)
     if not q or SEP in q:
         return []
     seen: dict[int, None] = {}

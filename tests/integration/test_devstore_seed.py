@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from devstore.seed import PRODUCTS, seed
+from devstore.seed import PRODUCTS, seed, seed_large
 from devstore.state import Store
 
 from .devstore_helpers import SHOP, Admin, devstore_app
@@ -235,6 +235,26 @@ def test_seed_refuses_a_missing_shop_and_bad_counts(store: Store, clock: Any) ->
         seed(store, SHOP, customers=-1, now=clock.now())
     assert store.count("absent.myshopify.com", "customers") == 0
     assert store.count(SHOP, "customers") == 0 and store.count(SHOP, "products") == 0
+
+
+def test_a_large_seed_reaches_the_order_count_asked_for(store: Store, clock: Any) -> None:
+    """seed_large with ``orders`` writes at least that many orders (guest orders included, a few
+    over at most), the extra ones belong to repeat buyers, within the history, after each buyer's
+    first order. Tried: a negative order count, which writes nothing."""
+    with pytest.raises(ValueError, match="orders"):
+        seed_large(store, SHOP, customers=5, orders=-1, now=clock.now())
+    assert store.count(SHOP, "customers") == 0
+    now = clock.now()
+    store.create_shop("plain.myshopify.com", timezone="Asia/Tokyo", currency="JPY")
+    plain = seed_large(store, "plain.myshopify.com", customers=300, now=now)
+    assert plain.orders < 1_000
+    summary = seed_large(store, SHOP, customers=300, orders=1_200, now=now)
+    assert 1_200 <= summary.orders <= 1_202
+    assert store.count(SHOP, "orders") == summary.orders and summary.customers == 300
+    times = [_at(o["created_at"]) for o in store.all(SHOP, "orders")]
+    assert max(times) <= now
+    per_customer = Counter(o["customer_id"] for o in store.all(SHOP, "orders") if o["customer_id"])
+    assert max(per_customer.values()) > 3 and sum(per_customer.values()) > 1_100
 
 
 def test_an_old_shop_gets_its_customer_order_index(store: Store, clock: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -171,3 +171,170 @@ def test_a_corrupt_stored_profile_is_reported_not_guessed(conn: redis.Redis) -> 
     conn.set(profile_store.profile_key(SHOP, 1), b"not zlib")
     with pytest.raises(ValidationError):
         profile_store.load(conn, SHOP, 1)
+
+
+# --- the stored format ---------------------------------------------------------------------------
+
+
+def unusual(cid: int) -> Profile:
+    """A profile using every corner of the format: microsecond and ``+09:00`` times, a version
+    that is not a time, tag registers, a stub order, a deleted one, a three-decimal currency,
+    an unknown register, a metafield that is not a date, merged customers."""
+    jst = timezone(timedelta(hours=9))
+    p = customer(cid, orders=2, spent="12.345", phone="+81 90 1234 5678", province="京都府")
+    p.created_at = datetime(2026, 4, 3, 10, 11, 12, 345678, tzinfo=jst)
+    p.tags = ("vip", "東京")
+    p.tag_snapshot = ("2026-05-01T00:00:00.000001+00:00", ("vip",))
+    p.tag_changes = {"東京": ("2026-05-02T00:00:00+00:00", True), "old": ("", False)}
+    p.versions = {
+        "email": "2026-05-01T00:00:00+00:00",
+        "first_name": "2026-05-01T00:00:00+00:00",
+        "created_at": "",
+        "mf:facts.birth_date": "2026-05-01T09:00:00+09:00",
+        "mf:custom.note": "2026-05-03T00:00:00.5+00:00",
+        "some_future_register": "~",
+    }
+    p.metafields = {"facts.birth_date": "1990-03-14", "custom.note": "x"}
+    p.birth_date = date(1990, 3, 14)
+    p.shopify_order_count, p.shopify_amount_spent = 0, Decimal("0.00")
+    p.shopify_currency, p.shopify_last_order_id = "KWD", 5
+    p.merged_from = (3, 4)
+    p.orders[9] = OrderRecord(id=9, first_fulfilled_at=datetime(2026, 5, 9, tzinfo=UTC))
+    p.orders[10] = OrderRecord(
+        id=10, name="#10", created_at=datetime(2026, 5, 9, 1, 2, 3, 4, tzinfo=UTC), deleted=True,
+        cancelled_at=datetime(2026, 5, 9, 2, tzinfo=UTC), total=Decimal("-3.10"),
+        discount_codes=("WELCOME", "10OFF"), currency="JPY",
+    )  # fmt: skip
+    return p
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        customer(1),
+        customer(2, orders=3),
+        unusual(3),
+        Profile(customer_id=4),
+        Profile(customer_id=5, deleted=True, merged_into=6),
+        customer(7, birth_date=date(2000, 1, 1)),  # a birth date the metafield does not give
+    ],
+    ids=["plain", "orders", "unusual", "empty", "merged-away", "birth-date-alone"],
+)
+def test_the_packed_format_gives_back_every_field(profile: Profile) -> None:
+    """Encoding then decoding gives an equal profile (every field, register and order) and the
+    same list keys; the old format of the same profile reads back equal too. Must not: lose a
+    microsecond, a register version, a stub order or a deleted one."""
+    keys = {"all", "segment:new", "bday:03"}
+    blob = profile_store.encode(profile, keys)
+    assert blob[:1] == profile_store.FORMAT_2
+    back, back_keys = profile_store.decode(blob)
+    assert back == profile and back.to_dict() == profile.to_dict() and back_keys == keys
+    old, old_keys = profile_store.decode(profile_store.encode_v1(profile, keys))
+    assert old == profile and old_keys == keys
+
+
+def test_a_profile_in_the_old_format_is_read_and_rewritten_in_the_new(conn: redis.Redis) -> None:
+    """A profile stored by the previous version (zlib JSON) loads, keeps its lists, and the next
+    change through the store's transaction writes it in the packed format, smaller."""
+    p = customer(1, orders=3, tags=("vip",))
+    keys = profile_store.save(conn, SHOP, p, now=NOW)
+    old_blob = profile_store.encode_v1(p, keys)
+    conn.set(profile_store.profile_key(SHOP, 1), old_blob)
+    assert profile_store.load(conn, SHOP, 1) == p
+
+    def add_tag(profiles: dict[int, Profile | None], _: object) -> dict[int, Profile]:
+        changed = profiles[1]
+        assert changed is not None
+        changed = changed.copy()
+        changed.tags = ("vip", "new")
+        return {1: changed}
+
+    profile_store.transact(conn, SHOP, [1], add_tag, now=NOW)
+    blob = conn.get(profile_store.profile_key(SHOP, 1))
+    assert isinstance(blob, bytes) and blob[:1] == profile_store.FORMAT_2
+    assert len(blob) < len(old_blob)
+    loaded, loaded_keys = profile_store.load_entry(conn, SHOP, 1)
+    assert loaded is not None and loaded.tags == ("vip", "new") and loaded_keys == keys
+
+
+def test_a_truncated_packed_profile_is_reported(conn: redis.Redis) -> None:
+    """Tried: a packed profile cut short, and one with a broken array. Must not: load as a
+    partial profile."""
+    from crm.errors import ValidationError
+
+    blob = profile_store.encode(customer(1, orders=2), {"all"})
+    for bad in (blob[: len(blob) // 2], profile_store.FORMAT_2 + b"\x00\x01"):
+        conn.set(profile_store.profile_key(SHOP, 1), bad)
+        with pytest.raises(ValidationError):
+            profile_store.load(conn, SHOP, 1)
+
+
+def test_saving_many_at_once_writes_what_saving_one_by_one_writes(conn: redis.Redis) -> None:
+    """One transaction saving 60 profiles (new ones, changed ones, one leaving every list) leaves
+    Redis in exactly the state that 60 separate saves leave: same profiles, list members, order
+    index and last-order scores (compared between two shops' keys)."""
+    batched, single = "batched.myshopify.com", "single.myshopify.com"
+    first = [customer(cid, orders=cid % 4) for cid in range(1, 61)]
+    second = [customer(cid, orders=(cid % 4) + 1) for cid in range(1, 61)]
+    second[5].deleted = True
+    for shop in (batched, single):
+        for p in first:
+            profile_store.save(conn, shop, p, now=NOW)
+    for p in second:
+        profile_store.save(conn, single, p, now=NOW)
+    by_id = {p.customer_id: p for p in second}
+    profile_store.transact(conn, batched, by_id, lambda _p, _r: by_id, now=NOW)
+    assert dump(conn, batched) == dump(conn, single)
+    assert len(dump(conn, batched)) > 60
+
+
+def dump(conn: redis.Redis, shop: str) -> dict[str, object]:
+    """Every key of ``shop`` but its search index, in a comparable form (profiles decoded)."""
+    out: dict[str, object] = {}
+    prefix = f"kizuna:{shop}:"
+    for raw in conn.scan_iter(match=prefix + "*", count=1000):
+        key = raw.decode()[len(prefix) :]
+        kind = conn.type(raw)
+        if key == "search":
+            continue
+        if kind == b"string":
+            out[key] = profile_store.decode(conn.get(raw))  # type: ignore[arg-type]
+        elif kind == b"set":
+            out[key] = conn.smembers(raw)
+        elif kind == b"hash":
+            out[key] = conn.hgetall(raw)
+        elif kind == b"zset":
+            out[key] = conn.zrange(raw, 0, -1, withscores=True)
+    return out
+
+
+def test_search_terms_are_fewer_but_find_the_same(conn: redis.Redis) -> None:
+    """The index keeps email, last name, "first last" and order names without ``#``: a first
+    name, a full name, ``#1001`` and ``1001`` still find the customer. An index written by the
+    first version (first name alone, ``#1001``) keeps answering, and the customer's next change
+    removes its old terms. Must not: leave a stale term that finds the customer after a
+    rename."""
+    from worker import search_index
+
+    p = customer(1, orders=1)
+    profile_store.save(conn, SHOP, p, now=NOW)  # stored, indexed the old way below
+    key = search_index.search_key(SHOP)
+    conn.zadd(key, {f"{t}{search_index.SEP}1": 0 for t in ("hana", "#1000", "1000")})
+    conn.zadd(key, {f"{t}{search_index.SEP}1": 0 for t in ("c1@example.com", "sato")})
+    conn.zadd(key, {f"hana sato{search_index.SEP}1": 0})
+    assert search_index.find(conn, SHOP, "#1000") == [1]
+
+    tagged = p.copy()
+    tagged.tags = ("vip",)
+    profile_store.transact(conn, SHOP, [1], lambda _p, _r: {1: tagged}, now=NOW)
+    for query in ("hana", "HANA SA", "sato", "#1000", "1000", "c1@"):
+        assert search_index.find(conn, SHOP, query) == [1], query
+    stored: list[bytes] = conn.zrange(key, 0, -1)  # type: ignore[assignment]
+    members = {m.decode().split(search_index.SEP)[0] for m in stored}
+    assert members == {"c1@example.com", "sato", "hana sato", "1000"}
+
+    renamed = tagged.copy()
+    renamed.first_name = "Aoi"
+    profile_store.transact(conn, SHOP, [1], lambda _p, _r: {1: renamed}, now=NOW)
+    assert search_index.find(conn, SHOP, "hana") == []
+    assert search_index.find(conn, SHOP, "aoi s") == [1]
