@@ -11,6 +11,9 @@ and ID tokens for tests:
                                                          → ``{"access_token": "shpat_…"}``
 ``POST /_devstore/shops/<shop>/uninstall``               revoke tokens, ``app/uninstalled`` now,
                                                          ``shop/redact`` 48 h later
+``POST /_devstore/shops/<shop>/revoke_tokens``           revoke every token, the app stays
+                                                         installed (Admin calls get 401 until
+                                                         the app trades a new ID token)
 ``GET|POST /_devstore/clock``                            ``{"now": ISO}`` or ``{"advance": "P30D"}``
 ``GET|POST /_devstore/shops/<shop>/webhook_faults``      ``{"drop_percent", "duplicates",
                                                          "out_of_order", "late_seconds"|"late"}``
@@ -40,7 +43,7 @@ from plugin.clock import Clock, DevClock
 from plugin.connections import connect
 from plugin.settings import Settings
 
-from . import idtoken, oauth, webhooks_out
+from . import idtoken, oauth, tokens, webhooks_out
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +147,17 @@ def uninstall(shop: str) -> Any:
     except LookupError:
         return _error(404, f"the app is not installed on {shop}")
     return jsonify(ok=True, revoked_tokens=revoked)
+
+
+@bp.post("/_devstore/shops/<shop>/revoke_tokens")
+def revoke_tokens(shop: str) -> Any:
+    """Revoke the shop's access and refresh tokens without uninstalling: what a merchant's
+    password reset or Shopify's revocation looks like to the app."""
+    res = _res()
+    app = oauth.installed_app(res.conn, shop)
+    if app is None or not app.installed:
+        return _error(404, f"the app is not installed on {shop}")
+    return jsonify(ok=True, revoked_tokens=tokens.revoke_shop(res.conn, shop))
 
 
 @bp.post("/_devstore/shops/<shop>/id_token")

@@ -6,12 +6,14 @@ the shop is the token's (``g.shop``), never one named in the request.
 - ``GET /api/sequences`` — the shop's sequences (id, title, version, active, counts);
 - ``POST /api/sequences`` — ``{"template": "<name>", …overrides}`` or ``{"definition": {…}}``:
   creates an **inactive** sequence, 201 with its ``id``;
-- ``GET /api/sequences/<id>`` — definition, versions, counts;
+- ``GET /api/sequences/<id>`` — definition, versions, counts, and ``history``: every version
+  with its save time (``saved_at``, ISO) and step count;
 - ``PUT /api/sequences/<id>`` — an edit becomes a new version (customers inside keep theirs);
   a bad definition: 422 ``{"error": msg, "field": path}`` and nothing changes;
 - ``POST /api/sequences/<id>/activate`` | ``/deactivate`` — on activation every customer is
   evaluated (a background job); deactivation lets no one new in, customers inside finish;
-- ``POST /api/sequences/<id>/preview`` — who would enter now and at which step, with a sample;
+- ``POST /api/sequences/<id>/preview`` — who would enter now and at which step, with a sample
+  of those customers (id, name, email);
 - ``GET /api/customers/<id>/log`` — the customer's decision log, oldest first.
 """
 
@@ -119,6 +121,10 @@ def get_sequence(sequence_id: str) -> Any:
         **_summary(shop, seq),
         definition=to_dict(seq),
         versions=sequence_store.versions(conn, shop, sequence_id),
+        history=[
+            {"version": v.version, "saved_at": v.saved_at, "steps": v.steps}
+            for v in sequence_store.history(conn, shop, sequence_id)
+        ],
     )
 
 
@@ -127,8 +133,9 @@ def get_sequence(sequence_id: str) -> Any:
 def update_sequence(sequence_id: str) -> Any:
     shop = g.shop
     body = _json_body()
+    res = resources()
     try:
-        seq = sequence_store.update(resources().redis, shop, sequence_id, body)
+        seq = sequence_store.update(res.redis, shop, sequence_id, body, res.clock.now())
     except KeyError:
         return _error(404, "no such sequence")
     return jsonify(id=seq.id, version=seq.version, active=seq.active, definition=to_dict(seq))
@@ -186,6 +193,7 @@ def preview_sequence(sequence_id: str) -> Any:
     segs = {p.customer_id: segments_of(p, now, thresholds) for p in profiles}
     rows = preview(seq, profiles, now, rules, segments=segs)
     entering = [r for r in rows if r.step is not None]
+    people = {p.customer_id: p for p in profiles}
     by_step = Counter(seq.steps[r.step].key for r in entering if r.step is not None)
     return jsonify(
         id=seq.id,
@@ -198,6 +206,7 @@ def preview_sequence(sequence_id: str) -> Any:
         sample=[
             {
                 "customer_id": r.customer_id,
+                **_who(people.get(r.customer_id)),
                 "step": seq.steps[r.step].key if r.step is not None else None,
                 "reason": r.reason,
                 "due_at": r.due_at.isoformat() if r.due_at else None,
@@ -205,6 +214,18 @@ def preview_sequence(sequence_id: str) -> Any:
             for r in entering[:SAMPLE]
         ],
     )
+
+
+def _who(profile: Any) -> dict[str, str | None]:
+    """A sample customer's name and email, as the customer list shows them (the page puts
+    them in as text, never as HTML)."""
+    if profile is None:
+        return {"first_name": None, "last_name": None, "email": None}
+    return {
+        "first_name": profile.first_name,
+        "last_name": profile.last_name,
+        "email": profile.email,
+    }
 
 
 @bp.get("/customers/<int:customer_id>/log")

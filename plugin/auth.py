@@ -158,11 +158,16 @@ def _store_install(
     conn: redis.Redis, settings: Settings, shop: str, grant: Grant, now: datetime, *, via: str
 ) -> ShopRecord:
     from worker.app_events import fetch_shop_facts, schedule_after_install
+    from worker.reauth import schedule_resume
 
     cipher = TokenCipher.from_settings(settings)
-    record, fresh = shops.install(conn, cipher, shop, grant, now)
-    what = "installed" if fresh else "re-authorised"
+    done = shops.install_grant(conn, cipher, shop, grant, now)
+    record = done.record
+    what = "installed" if done.fresh else "re-authorised"
     log.info("shop %s (%s)", what, via, extra={"shop": shop})
+    if done.resumed is not None:
+        # The shop was paused for re-auth: its paused and failed work resumes in a worker.
+        schedule_resume(conn, shop, record.generation, done.resumed)
     if record.facts is None:
         try:  # the page shows the shop's name; the after-install job retries if this fails
             fetch_shop_facts(conn, settings, shop, grant.access_token)

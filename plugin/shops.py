@@ -4,7 +4,9 @@
 ``uninstalled``), the access and refresh tokens (Fernet, see :mod:`plugin.crypto`) with their
 expiries, the granted scopes, the shop facts (name, time zone, currency, plan) and the install
 ``generation``: a nonce drawn at each fresh install, so jobs keyed on it run once per install
-and a reinstall after an uninstall starts over. Like every key of a shop it starts with
+and a reinstall after an uninstall starts over. A shop that must re-authenticate also carries a
+``reauth_id``, drawn when it was paused: the work resumed after the re-auth is keyed on it, so
+it is resumed once however many page loads trade a token. Like every key of a shop it starts with
 ``kizuna:{shop}:``, so that ``shop/redact`` finds it.
 """
 
@@ -127,6 +129,7 @@ class ShopRecord:
     facts: ShopFacts | None
     reauth_reason: str | None
     after_install_done: bool
+    reauth_id: str | None = None
     encrypted_access_token: bytes | None = field(default=None, repr=False)
     encrypted_refresh_token: bytes | None = field(default=None, repr=False)
 
@@ -168,24 +171,50 @@ def require_active(conn: redis.Redis, shop: str) -> ShopRecord:
     return record
 
 
+@dataclass(frozen=True)
+class Installed:
+    """What :func:`install_grant` did: the stored record, whether the install was new, and
+    the ``reauth_id`` of the pause it ended (``None`` unless the shop needed re-auth)."""
+
+    record: ShopRecord
+    fresh: bool
+    resumed: str | None
+
+
 def install(
     conn: redis.Redis, cipher: TokenCipher, shop: str, grant: Grant, now: datetime
 ) -> tuple[ShopRecord, bool]:
-    """Store a fresh grant; answer the record and whether this was a new install.
+    """Store a fresh grant; answer the record and whether this was a new install
+    (see :func:`install_grant`)."""
+    done = install_grant(conn, cipher, shop, grant, now)
+    return done.record, done.fresh
+
+
+def install_grant(
+    conn: redis.Redis, cipher: TokenCipher, shop: str, grant: Grant, now: datetime
+) -> Installed:
+    """Store a fresh grant.
 
     A shop with no record or an uninstalled one starts clean: the old hash is replaced and a
     new ``generation`` drawn. An installed or needs-re-auth shop keeps its generation and facts,
-    so installing twice changes nothing but the tokens.
+    so installing twice changes nothing but the tokens. Ending a needs-re-auth pause is read in
+    the same transaction as the write, so of two concurrent grants exactly one answers the
+    pause's ``reauth_id`` in :attr:`Installed.resumed`.
     """
     shop = normalize_shop(shop)
     key = shop_key(shop)
+    resumed: str | None = None
     with conn.pipeline() as pipe:
         while True:
             try:
                 pipe.watch(key)
-                status = pipe.hget(key, "status")
-                generation = pipe.hget(key, "generation")
+                status, generation, reauth_id = pipe.hmget(
+                    key, ["status", "generation", "reauth_id"]
+                )
                 fresh = status is None or _text(status) == Status.UNINSTALLED
+                resumed = None
+                if status is not None and _text(status) == Status.NEEDS_REAUTH:
+                    resumed = _text(reauth_id) if reauth_id else secrets.token_hex(6)
                 pipe.multi()
                 fields = _grant_fields(cipher, grant)
                 fields |= {"status": Status.INSTALLED.value, "updated_at": now.isoformat()}
@@ -199,7 +228,7 @@ def install(
                     }
                 else:
                     assert generation is not None
-                    pipe.hdel(key, "reauth_reason", "uninstalled_at")
+                    pipe.hdel(key, "reauth_reason", "reauth_id", "uninstalled_at")
                     if not grant.refresh_token:
                         pipe.hdel(key, "refresh_token", "refresh_expires_at")
                     if not grant.expires_at:
@@ -212,7 +241,7 @@ def install(
                 continue
     record = load(conn, shop)
     assert record is not None
-    return record, fresh
+    return Installed(record, fresh, resumed)
 
 
 def store_refreshed(
@@ -275,7 +304,9 @@ def mark_after_install_done(conn: redis.Redis, shop: str, generation: str) -> No
 
 
 def mark_needs_reauth(conn: redis.Redis, shop: str, reason: str, now: datetime) -> None:
-    """Stop Admin calls until the merchant opens the app again (which re-runs token exchange)."""
+    """Stop Admin calls until the merchant opens the app again (which re-runs token exchange).
+
+    Only an installed shop is paused, and only once: the pause draws its ``reauth_id``."""
     key = shop_key(shop)
     with conn.pipeline() as pipe:
         while True:
@@ -290,6 +321,7 @@ def mark_needs_reauth(conn: redis.Redis, shop: str, reason: str, now: datetime) 
                     mapping={
                         "status": Status.NEEDS_REAUTH.value,
                         "reauth_reason": reason,
+                        "reauth_id": secrets.token_hex(6),
                         "updated_at": now.isoformat(),
                     },
                 )
@@ -394,6 +426,7 @@ def _from_hash(shop: str, raw: dict[str, bytes]) -> ShopRecord:
         facts=facts,
         reauth_reason=text("reauth_reason"),
         after_install_done=text("after_install_done") == "1",
+        reauth_id=text("reauth_id"),
         encrypted_access_token=raw.get("access_token"),
         encrypted_refresh_token=raw.get("refresh_token"),
     )

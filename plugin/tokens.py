@@ -12,7 +12,10 @@ and the response mapped onto Kizuna's error tree.
 
 :func:`fresh_access_token` is the one way to get a token before an Admin call: it refreshes a
 token expiring within :data:`REFRESH_MARGIN` under a per-shop Redis lock, so that concurrent
-workers never spend the single-use refresh token twice.
+workers never spend the single-use refresh token twice. :func:`recover_unauthorized` is what a
+job calls when Shopify answered 401 to a token: one refresh under the same lock if the shop
+has a usable refresh token, else (or if Shopify refuses it) the shop is marked
+``needs_reauth`` and its work pauses until the merchant opens the app again.
 """
 
 from __future__ import annotations
@@ -163,6 +166,47 @@ def fresh_access_token(
             return shops.decrypt_access_token(cipher, record)
         if time.monotonic() > deadline:
             raise ServerError("timed out waiting for another worker's token refresh", shop=shop)
+
+
+def recover_unauthorized(
+    conn: redis.Redis,
+    settings: Settings,
+    shop: str,
+    clock: Clock,
+    rejected: str,
+    *,
+    http: requests.Session | None = None,
+) -> str:
+    """Shopify answered 401 to ``rejected``: answer a token worth retrying with, or raise
+    :class:`ShopUnavailable` once the shop is marked ``needs_reauth``.
+
+    Under the per-shop refresh lock: if the stored token is no longer ``rejected``, another
+    worker has refreshed (or the merchant re-authorised) meanwhile and that token is answered;
+    otherwise the refresh token, if there is a usable one, is spent once (50 jobs meeting the
+    same 401 make one refresh). A shop without one, or whose refresh Shopify refuses, needs
+    re-authentication. Transient failures of the refresh propagate (the job retries).
+    """
+    cipher = TokenCipher.from_settings(settings)
+    lock = conn.lock(f"{shops.shop_key(shop)}:refresh-lock", timeout=LOCK_TTL)
+    deadline = time.monotonic() + LOCK_WAIT
+    while not lock.acquire(blocking=False):
+        if time.monotonic() > deadline:
+            raise ServerError("timed out waiting for another worker's token refresh", shop=shop)
+        time.sleep(POLL)
+    try:
+        record = shops.require_active(conn, shop)
+        current = shops.decrypt_access_token(cipher, record)
+        if current != rejected:
+            return current
+        now = clock.now()
+        if record.encrypted_refresh_token is None:
+            reason = "Shopify refused the access token and there is no refresh token"
+            shops.mark_needs_reauth(conn, shop, reason, now)
+            log.warning("access token refused; shop needs re-auth", extra={"shop": shop})
+            raise ShopUnavailable(f"{shop}: needs re-authentication ({reason})")
+        return _refresh(conn, settings, cipher, record, now, http=http)
+    finally:
+        _release(lock, shop)
 
 
 def _refresh(

@@ -20,7 +20,7 @@ import redis
 from plugin.clock import FixedClock
 from plugin.settings import Settings
 
-pytest_plugins = ["tests.fixtures.devstore"]
+pytest_plugins = ["tests.fixtures.devstore", "tests.fixtures.stack"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

@@ -29,8 +29,7 @@ from crm.events import Event, OrderUpserted
 from crm.graphql_events import customer_events, order_event
 from plugin import shops
 
-from . import backfill, profile_store, search_index
-from .queues import BULK, enqueue
+from . import backfill, periodic, profile_store, search_index
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +44,9 @@ def state_key(shop: str) -> str:
     return f"kizuna:{shop}:reconcile"
 
 
+SCHEDULE = periodic.Periodic(RUN_JOB, PERIOD, state_key, job_prefix="reconcile")
+
+
 def _iso(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -54,24 +56,7 @@ def _iso(at: datetime) -> str:
 
 def schedule_all(conn: redis.Redis, now: datetime) -> list[str]:
     """Enqueue a reconcile for every installed shop, once per period; answer those enqueued."""
-    bucket = int(now.timestamp() // PERIOD.total_seconds())
-    done = []
-    for raw in sorted(conn.smembers(shops.SHOPS_KEY)):  # type: ignore[type-var,unused-ignore]
-        shop = raw.decode() if isinstance(raw, bytes) else str(raw)
-        record = shops.load(conn, shop)
-        if record is None or not record.active:
-            continue
-        claim = f"{state_key(shop)}:claim:{bucket}"
-        if not conn.set(claim, "1", nx=True, ex=int(PERIOD.total_seconds() * 2)):
-            continue
-        try:
-            enqueue(conn, RUN_JOB, shop, queue=BULK,
-                    job_id=f"reconcile-{shops.shop_handle(shop)}-{bucket}")  # fmt: skip
-        except BaseException:
-            conn.delete(claim)
-            raise
-        done.append(shop)
-    return done
+    return periodic.schedule_all(conn, SCHEDULE, now)
 
 
 def run(shop: str) -> dict[str, Any] | str:

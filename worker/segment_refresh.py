@@ -40,7 +40,7 @@ import redis
 from crm.segments import Thresholds, lifecycle
 from plugin import shops
 
-from . import profile_store
+from . import periodic, profile_store
 from .queues import BULK, enqueue
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ RESAVE_JOB = "worker.segment_refresh.resave"
 
 def state_key(shop: str) -> str:
     return f"kizuna:{shop}:segment-refresh"
+
+
+SCHEDULE = periodic.Periodic(RUN_JOB, PERIOD, state_key, job_prefix="segrefresh")
 
 
 @dataclass
@@ -236,21 +239,4 @@ def schedule_resave(conn: redis.Redis, shop: str) -> str:
 def schedule_all(conn: redis.Redis, now: datetime) -> list[str]:
     """Enqueue a refresh for every installed shop, once per :data:`PERIOD` (a claim key per
     shop and period, so several scheduler processes may call it); answer the shops enqueued."""
-    bucket = int(now.timestamp() // PERIOD.total_seconds())
-    done = []
-    for raw in sorted(conn.smembers(shops.SHOPS_KEY)):  # type: ignore[type-var,unused-ignore]
-        shop = raw.decode() if isinstance(raw, bytes) else str(raw)
-        record = shops.load(conn, shop)
-        if record is None or not record.active:
-            continue
-        claim = f"{state_key(shop)}:claim:{bucket}"
-        if not conn.set(claim, "1", nx=True, ex=int(PERIOD.total_seconds() * 2)):
-            continue
-        try:
-            enqueue(conn, RUN_JOB, shop, queue=BULK,
-                    job_id=f"segrefresh-{shops.shop_handle(shop)}-{bucket}")  # fmt: skip
-        except BaseException:
-            conn.delete(claim)
-            raise
-        done.append(shop)
-    return done
+    return periodic.schedule_all(conn, SCHEDULE, now)

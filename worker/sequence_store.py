@@ -5,6 +5,8 @@ Keys (under ``kizuna:{shop}:`` so ``shop/redact`` removes them with the shop):
 - ``seqs`` — hash sequence id → JSON ``{"v": current version, "on": 0|1, "at": created}``;
 - ``seq:{id}`` — hash version → the definition (:func:`crm.sequence.to_dict` JSON). Every
   version is kept: customers inside keep the version they entered with;
+- ``seq:{id}:saved`` — hash version → when it was saved (ISO, the injected clock), shown in
+  the editor's version history;
 - ``rules`` — hash of the shop's sequence rules: ``salt`` (the coupon salt, drawn once),
   ``cap_days`` (frequency cap), ``quiet`` (``"21-8"``).
 
@@ -40,6 +42,10 @@ def index_key(shop: str) -> str:
 
 def versions_key(shop: str, sequence_id: str) -> str:
     return f"kizuna:{shop}:seq:{sequence_id}"
+
+
+def saved_key(shop: str, sequence_id: str) -> str:
+    return f"kizuna:{shop}:seq:{sequence_id}:saved"
 
 
 def rules_key(shop: str) -> str:
@@ -102,6 +108,38 @@ def versions(conn: redis.Redis, shop: str, sequence_id: str) -> list[int]:
     return sorted(int(v) for v in conn.hkeys(versions_key(shop, sequence_id)))
 
 
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One stored version, for the editor's history."""
+
+    version: int
+    saved_at: str | None  # ISO; None for a version saved before save times were kept
+    steps: int
+
+
+def history(conn: redis.Redis, shop: str, sequence_id: str) -> list[Version]:
+    """Every version of a sequence, oldest first, with its save time and step count.
+
+    Version 1 saved before save times were stored falls back to the sequence's creation
+    time (the same moment); a later one without a time answers ``None``.
+    """
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hgetall(versions_key(shop, sequence_id))
+        pipe.hgetall(saved_key(shop, sequence_id))
+        pipe.hget(index_key(shop), sequence_id)
+        definitions, saved, raw_meta = pipe.execute()
+    m = _meta(sequence_id, raw_meta)
+    times = {int(k): v.decode() for k, v in saved.items()}
+    if m is not None and m.created_at:
+        times.setdefault(1, m.created_at)
+    out = []
+    for raw_version, raw_def in definitions.items():
+        number = int(raw_version)
+        steps = json.loads(raw_def).get("steps") or []
+        out.append(Version(number, times.get(number), len(steps)))
+    return sorted(out, key=lambda v: v.version)
+
+
 def all_current(conn: redis.Redis, shop: str) -> list[Sequence]:
     out = []
     for m in metas(conn, shop):
@@ -148,8 +186,9 @@ def create(conn: redis.Redis, shop: str, sequence: Sequence, now: datetime) -> S
                     continue
                 pipe.multi()
                 pipe.hset(index_key(shop), seq_id, _meta_json(1, False, now.isoformat()))
-                pipe.delete(versions_key(shop, seq_id))
+                pipe.delete(versions_key(shop, seq_id), saved_key(shop, seq_id))
                 pipe.hset(versions_key(shop, seq_id), "1", _definition(candidate))
+                pipe.hset(saved_key(shop, seq_id), "1", now.isoformat())
                 pipe.execute()
                 return candidate
             except redis.WatchError:
@@ -157,8 +196,15 @@ def create(conn: redis.Redis, shop: str, sequence: Sequence, now: datetime) -> S
     raise ValidationError("no free id for this sequence", field="id")
 
 
-def update(conn: redis.Redis, shop: str, sequence_id: str, edited: Any) -> Sequence:
-    """Validate an edit and store it as the next version (unchanged: same version).
+def update(
+    conn: redis.Redis,
+    shop: str,
+    sequence_id: str,
+    edited: Any,
+    now: datetime | None = None,
+) -> Sequence:
+    """Validate an edit and store it as the next version (unchanged: same version), with
+    ``now`` as its save time when given.
 
     Raises :class:`ValidationError` (naming the field) and changes nothing on a bad edit.
     """
@@ -173,12 +219,17 @@ def update(conn: redis.Redis, shop: str, sequence_id: str, edited: Any) -> Seque
                 proposal = edited
                 if isinstance(edited, Mapping):
                     proposal = {k: v for k, v in edited.items() if k != "active"}
-                nxt = new_version(current, proposal)
+                # On/off is not part of a version: compare the definitions alone, or saving an
+                # unchanged inactive sequence would fork a version (``from_dict`` reads a
+                # missing ``active`` as on).
+                nxt = new_version(replace(current, active=True), proposal)
                 if nxt.version == current.version:
                     pipe.reset()
                     return current
                 pipe.multi()
                 pipe.hset(versions_key(shop, sequence_id), str(nxt.version), _definition(nxt))
+                if now is not None:
+                    pipe.hset(saved_key(shop, sequence_id), str(nxt.version), now.isoformat())
                 pipe.hset(
                     index_key(shop), sequence_id, _meta_json(nxt.version, m.active, m.created_at)
                 )

@@ -20,7 +20,8 @@ Errors: transient Shopify errors propagate (RQ's ``Retry`` runs the job again; w
 the step the scheduler's lease keeps other ticks off it). Permanent ones end the enrolment
 visibly: a ``failed`` entry in the customer's decision log and in ``kizuna:{shop}:failed``,
 never a retry loop. A paused or uninstalled shop (:class:`~crm.errors.ShopUnavailable`)
-postpones the step by :data:`PAUSE_RETRY`.
+postpones the step by :data:`PAUSE_RETRY`; a 401 on the token pauses the shop unless a refresh
+fixes it, and the work a pause stopped is resumed after the re-auth (:mod:`worker.reauth`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from rq import Retry, get_current_job
+from rq import Queue, Retry, get_current_job
 
 from crm.analytics import is_held_out
 from crm.decisions import Decision
@@ -50,7 +51,13 @@ from crm.enrolment import (
     exit_all,
     exit_effects,
 )
-from crm.errors import PermanentShopifyError, ServerError, ShopUnavailable, TransientShopifyError
+from crm.errors import (
+    PermanentShopifyError,
+    ServerError,
+    ShopUnavailable,
+    TransientShopifyError,
+    Unauthorized,
+)
 from crm.profile import Profile
 from crm.segments import Thresholds, lifecycle
 from crm.sequence import Sequence
@@ -63,6 +70,7 @@ from . import (
     decision_log,
     enrolment_store,
     profile_store,
+    reauth,
     restore,
     sequence_store,
     writeback,
@@ -357,7 +365,7 @@ def handle_step(ctx: Context, shop: str, customer_id: int, sequence_id: str) -> 
     try:
         state = shop_state(ctx, shop)
     except ShopUnavailable:
-        enrolment_store.reschedule(conn, shop, customer_id, sequence_id, now + PAUSE_RETRY)
+        reauth.pause_step(conn, shop, customer_id, sequence_id, now, PAUSE_RETRY)
         return "paused"
     for _ in range(MAX_RACES):
         raw = enrolment_store.load_raw(conn, shop, sequence_id, customer_id)
@@ -388,7 +396,7 @@ def handle_step(ctx: Context, shop: str, customer_id: int, sequence_id: str) -> 
         try:
             done = _apply_run(ctx, shop, enr, raw, run, now, seq)
         except ShopUnavailable:
-            enrolment_store.reschedule(conn, shop, customer_id, sequence_id, now + PAUSE_RETRY)
+            reauth.pause_step(conn, shop, customer_id, sequence_id, now, PAUSE_RETRY)
             return "paused"
         if done is not None:
             return done
@@ -433,6 +441,8 @@ def _apply_run(
             written = writeback.write_effects(
                 ctx.admin_client(), shop, token, effects, conn=conn, flow_mark=_flow_mark(shop, enr)
             )
+        except Unauthorized:
+            reauth.on_unauthorized(ctx, shop, token)  # paused (ShopUnavailable) or retried
         except PermanentShopifyError as exc:
             step = seq.steps[enr.next_step].key if enr.next_step < len(seq.steps) else None
             failed = replace(enr, status="exited", due_at=None)
@@ -468,17 +478,53 @@ def on_profile_changed(conn: redis.Redis, shop: str, customer_id: int) -> str | 
     Two ids alternate: while one run is under way, a second is queued under the other id, so a
     change that arrives during a run is never lost and a burst costs at most two runs.
     """
-    first, second = _eval_job_ids(shop, customer_id)
+    return on_profiles_changed(conn, shop, [customer_id])[int(customer_id)]
+
+
+def on_profiles_changed(
+    conn: redis.Redis, shop: str, customer_ids: Iterable[int]
+) -> dict[int, str | None]:
+    """:func:`on_profile_changed` for many customers of one shop in two round trips.
+
+    One pipeline reads the status of both evaluation jobs of every customer, one pipeline
+    enqueues the jobs needed (RQ's ``enqueue_many``: the same job hashes, ids, retry and queue
+    as one ``enqueue`` each). Answers each customer's enqueued job id, or None when a run is
+    already waiting.
+    """
+    ids = sorted({int(cid) for cid in customer_ids})
+    if not ids:
+        return {}
     with conn.pipeline(transaction=False) as pipe:
-        pipe.hget(f"rq:job:{first}", "status")
-        pipe.hget(f"rq:job:{second}", "status")
-        s1, s2 = pipe.execute()
+        for cid in ids:
+            for job_id in _eval_job_ids(shop, cid):
+                pipe.hget(f"rq:job:{job_id}", "status")
+        statuses = pipe.execute()
+    chosen: dict[int, str | None] = {}
+    for i, cid in enumerate(ids):
+        first, second = _eval_job_ids(shop, cid)
+        chosen[cid] = _next_eval_job(first, second, statuses[2 * i], statuses[2 * i + 1])
+    wanted = [(cid, job_id) for cid, job_id in chosen.items() if job_id is not None]
+    if wanted:
+        queue = get_queue(conn, STEPS)
+        datas = [
+            Queue.prepare_data(
+                EVALUATE_CUSTOMER, args=(shop, cid), job_id=job_id, retry=default_retry()
+            )
+            for cid, job_id in wanted
+        ]
+        with conn.pipeline() as pipe:
+            queue.enqueue_many(datas, pipeline=pipe)
+            pipe.execute()
+    return chosen
+
+
+def _next_eval_job(first: str, second: str, s1: bytes | None, s2: bytes | None) -> str | None:
+    """The evaluation job id to enqueue given both jobs' statuses, or None (one is waiting)."""
     if s1 == b"queued" or s2 == b"queued":
         return None
     job_id = second if s1 == b"started" else first
     if job_id == second and s2 == b"started":
         return None  # both busy: the second run reads the profile after this change anyway
-    enqueue(conn, EVALUATE_CUSTOMER, shop, int(customer_id), queue=STEPS, job_id=job_id)
     return job_id
 
 
@@ -491,6 +537,7 @@ def handle_evaluate(ctx: Context, shop: str, customer_id: int, *, only: str | No
     try:
         state = shop_state(ctx, shop)
     except ShopUnavailable:
+        reauth.park_evaluation(ctx.conn, shop, customer_id)
         return "paused"
     now = ctx.clock.now()
     profile = profile_store.load(ctx.conn, shop, customer_id)
@@ -575,6 +622,7 @@ def _evaluate_one(
             try:
                 token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
             except ShopUnavailable:
+                reauth.park_evaluation(conn, shop, customer_id)
                 return 0
             writeback.write_effects(ctx.admin_client(), shop, token, exit_effects(seq, customer_id))
         if enrolment_store.commit(conn, shop, customer_id, seq_id, raw, new, log=decisions):
@@ -600,6 +648,7 @@ def _restore_one(
     try:
         token = fresh_access_token(ctx.conn, ctx.settings, shop, ctx.clock)
     except ShopUnavailable:
+        reauth.park_evaluation(ctx.conn, shop, profile.customer_id)
         return 0
     check = restore.coupon_checker(ctx.admin_client(), shop, token)
     found = restore.restored(profile, seq, now, state.rules, segments, check)
@@ -623,6 +672,7 @@ def handle_evaluate_shop(ctx: Context, shop: str, sequence_id: str) -> str:
     try:
         state = shop_state(ctx, shop)
     except ShopUnavailable:
+        reauth.park_evaluate_shop(ctx.conn, shop, sequence_id)
         return "paused"
     meta = sequence_store.meta(ctx.conn, shop, sequence_id)
     if meta is None:
@@ -709,7 +759,7 @@ def handle_batch(ctx: Context, shop: str, sequence_id: str, batch_id: str) -> st
         token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
     except ShopUnavailable:
         for cid in ids:
-            enrolment_store.reschedule(conn, shop, cid, sequence_id, now + PAUSE_RETRY)
+            reauth.pause_step(conn, shop, cid, sequence_id, now, PAUSE_RETRY)
         conn.delete(f"{key}:ids")
         return "paused"
     plan: dict[str, str] = {}
@@ -878,7 +928,8 @@ def handle_finish_batch(
     try:
         token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
     except ShopUnavailable:
-        return "paused"  # the leases run out and the steps are claimed again later
+        reauth.park_finish_batch(conn, shop, batch_id)  # finished after a re-auth
+        return "paused"  # else the leases run out and the steps are claimed again later
     admin = ctx.admin_client()
     finished = _wait_for(admin, shop, token, list(ops), poll_seconds)
     failed_lines: dict[str, set[int]] = {}

@@ -430,12 +430,18 @@
       loadSequence(false);
     }
 
-    function showVersions(versions) {
-      var rows = versions.slice().reverse().map(function (v) {
-        return el("tr", {}, el("td", { text: "v" + v }));
+    /* Newest first: the version, when it was saved (shop time zone, the page's language),
+       and how many steps it had. */
+    function showVersions(history, current) {
+      var rows = history.slice().reverse().map(function (v) {
+        return el("tr", { "data-version": v.version },
+          el("td", {}, "v" + v.version, v.version === current ? " " : null,
+            v.version === current ? badge(t("editor.current"), "success") : null),
+          el("td", { class: "saved-at", text: fmtDate(v.saved_at, true) }),
+          el("td", { class: "num", text: fmtNumber(v.steps) }));
       });
       $("#versions").hidden = false;
-      fill($("#version-list tbody"), rows, t("common.none"), 1);
+      fill($("#version-list tbody"), rows, t("common.none"), 3);
     }
 
     /* The stored sequence: its versions always, the form only when asked (a first load). */
@@ -444,7 +450,9 @@
         if (intoForm) loadForm(form, data.definition);
         state.base = data.definition;
         $("#activate").hidden = !!data.active;
-        showVersions(data.versions || []);
+        showVersions(data.history || (data.versions || []).map(function (n) {
+          return { version: n, saved_at: null, steps: null };
+        }), data.version);
         return data;
       });
     }
@@ -513,13 +521,17 @@
       return el("tr", {}, el("td", { "data-raw": true, text: key }), el("td", { class: "num", text: fmtNumber(byStep[key]) }));
     });
     fill($("#preview-steps tbody"), stepRows, t("common.none"), 2);
+    /* Names and emails are the shop's data: put in as text (el's textContent), never HTML. */
     var sample = (data.sample || []).map(function (c) {
-      var name = c.name || c.email || "#" + c.customer_id;
+      var named = c.first_name || c.last_name;
+      var name = named ? customerName(c) : c.email || "#" + c.customer_id;
       var path = "/app/customers/" + c.customer_id;
-      return el("tr", {}, el("td", { "data-raw": true }, el("a", { href: path, "data-nav": path, text: name })),
+      return el("tr", { "data-customer": c.customer_id },
+        el("td", { "data-raw": true }, el("a", { href: path, "data-nav": path, text: name })),
+        el("td", { "data-raw": true, class: "email", text: c.email || "" }),
         el("td", { "data-raw": true, text: c.step || "" }), el("td", { text: fmtDate(c.due_at, true) }));
     });
-    fill($("#preview-sample tbody"), sample, t("common.none"), 3);
+    fill($("#preview-sample tbody"), sample, t("common.none"), 4);
   }
 
   // -- customers ------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The embedded page in a real browser: Debian's headless Chromium driven by Playwright.
 
-``kizuna`` serves the real app on an ephemeral port (werkzeug, threaded) beside the
-``devstore`` fixture; both share the test's Redis and the movable DevClock. ``admin`` opens the
-devstore's admin page, which frames the app with real ID tokens, and answers the app's frame.
+``kizuna`` serves the real app on an ephemeral port beside the ``devstore`` fixture (started
+by ``stacks``, ``tests/fixtures/stack.py``); they share the test's Redis and the movable
+DevClock. ``open_app`` opens the devstore's admin page, which frames the app with real ID
+tokens, and answers the app's frame.
 
 Chromium is Debian's (``/usr/bin/chromium``); a machine without it skips these tests with a
 message saying how to install it. Playwright's own browser download is never used.
@@ -12,21 +13,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-import requests
-from werkzeug.serving import make_server
 
-from plugin.app import create_app
-from plugin.clock import DevClock
-from plugin.settings import Settings
 from tests.fixtures.devstore import Devstore
+from tests.fixtures.stack import AppKeys, AppStack, Stacks
 
 API_KEY = "kizuna-browser-client-id"
 API_SECRET = "kizuna-browser-client-secret-0123456789abcdef"
@@ -35,79 +29,21 @@ OTHER_SHOP = "other-shop.myshopify.com"
 CHROMIUM = os.environ.get("KIZUNA_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
+KEYS = AppKeys(API_KEY, API_SECRET)
 
 
-@dataclass
-class Kizuna:
-    base: str
-    settings: Settings
-    conn: redis.Redis
-    clock: DevClock
+class Kizuna(AppStack):
+    """The app as the browser tests call it: ``api(method, path, token, ...)`` sends the ID
+    token the test chose (or none)."""
 
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def work(self) -> None:
-        """Run every queued job in this process (RQ's burst mode), as a worker would."""
-        from rq import Queue, SimpleWorker
-        from rq.serializers import JSONSerializer
-
-        from worker.queues import ALL_QUEUES
-
-        queues = [Queue(n, connection=self.conn, serializer=JSONSerializer) for n in ALL_QUEUES]
-        SimpleWorker(queues, connection=self.conn, serializer=JSONSerializer).work(
-            burst=True, with_scheduler=False
-        )
-
-    def api(self, method: str, path: str, token: str | None, **kwargs: Any) -> requests.Response:
-        headers = kwargs.pop("headers", {})
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        return requests.request(method, self.url(path), headers=headers, timeout=20, **kwargs)
-
-
-class _Lazy:
-    """The server is bound before the app exists: the app needs the server's URL."""
-
-    app: Any = None
-
-    def __call__(self, environ: Any, start_response: Any) -> Any:
-        return self.app(environ, start_response)
+    api = AppStack.request
 
 
 @pytest.fixture()
-def kizuna(
-    conn: redis.Redis,
-    test_env: dict[str, str],
-    devstore: Devstore,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Kizuna]:
-    lazy = _Lazy()
-    server = make_server("127.0.0.1", 0, lazy, threaded=True)
-    base = f"http://127.0.0.1:{server.server_port}"
-    env = (
-        test_env
-        | devstore.env()
-        | {
-            "SHOPIFY_APP_URL": base,
-            "SHOPIFY_API_KEY": API_KEY,
-            "SHOPIFY_API_SECRET": API_SECRET,
-            "KIZUNA_DEV_CLOCK": "1",
-        }
-    )
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)  # RQ jobs build their settings from the environment
-    settings = Settings.from_env(env)
-    clock = DevClock(conn)
-    lazy.app = create_app(settings, conn=conn, clock=clock)
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield Kizuna(base=base, settings=settings, conn=conn, clock=clock)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def kizuna(stacks: Stacks) -> Kizuna:
+    """The app, no shop installed: :func:`install` does Shopify's side, the first page load
+    the app's."""
+    return stacks.app(Kizuna, KEYS)
 
 
 def install(devstore: Devstore, kizuna: Kizuna, shop: str = SHOP, **facts: Any) -> str:

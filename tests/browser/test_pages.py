@@ -108,6 +108,18 @@ def test_japanese_pages_have_no_english_left(devstore: Devstore, kizuna: Kizuna,
         )
         assert not re.search(r"[A-Za-z]{3,}", placeholders), (name, placeholders)
         screenshot(page, f"ja-{name}", frame)
+
+    # The editor's version history: save times in Japanese, in the shop's time zone.
+    frame = navigate(page, frame, "sequences")
+    with page.expect_event("framenavigated"):
+        frame.click("tr[data-sequence='aojiru'] a")
+    frame = app_frame(page)
+    saved = frame.locator("#version-list tr[data-version='1'] td.saved-at")
+    saved.wait_for()
+    assert saved.inner_text() == "2026年7月15日 12:00"
+    assert "現在の版" in frame.inner_text("#version-list tr[data-version='1']")
+    page.wait_for_load_state("networkidle")
+    assert visible_english(frame, allowed={"Shopify"}) == []
     assert page.js_errors == []
 
 

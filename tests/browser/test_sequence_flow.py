@@ -24,6 +24,7 @@ from tests.browser.conftest import (
 from tests.fixtures.devstore import Devstore
 
 START = datetime(2026, 7, 1, 3, 0, tzinfo=UTC)  # 12:00 in Tokyo
+HOSTILE = '<img src=x onerror="window.__pwned=1">'
 
 
 def ctl(devstore: Devstore, path: str, body: Any) -> dict[str, Any]:
@@ -86,16 +87,46 @@ def first_order_customer(devstore: Devstore, kizuna: Kizuna) -> int:
     return cid
 
 
+def hostile_customer(devstore: Devstore, kizuna: Kizuna) -> int:
+    """A second first-order customer whose name is HTML (it must reach the page as text)."""
+    product = ctl(devstore, "/products", {"title": "Mugicha", "variants": [{"price": "900"}]})
+    customer = ctl(
+        devstore,
+        "/customers",
+        {
+            "email": "odd@example.com",
+            "first_name": HOSTILE,
+            "last_name": "Kato",
+            "email_marketing_consent": {"state": "subscribed", "opt_in_level": "single_opt_in"},
+        },
+    )
+    cid = int(customer["id"])
+    ctl(
+        devstore,
+        "/orders",
+        {
+            "customer": {"id": cid},
+            "line_items": [{"variant_id": product["variants"][0]["id"], "quantity": 1}],
+            "financial_status": "paid",
+        },
+    )
+    sync(devstore, kizuna, cid)
+    return cid
+
+
 def test_create_preview_activate_and_see_the_step(
     devstore: Devstore, kizuna: Kizuna, page: Any
 ) -> None:
     """The full editor path. A bad offset (a step before the previous one) must be refused
-    with the message next to that step's offset and nothing stored; after activation and three
-    days the step's tag must be in the devstore and the customer's log must say why."""
+    with the message next to that step's offset and nothing stored; the preview's sample names
+    the customers (name, email, a link to their page; an HTML name stays text); the version
+    history shows when each version was saved; after activation and three days the step's tag
+    must be in the devstore and the customer's log must say why."""
     devstore.set_time(START)
     install(devstore, kizuna)
     frame = open_app(page, devstore, SHOP)  # the first load installs (token exchange)
     cid = first_order_customer(devstore, kizuna)
+    odd = hostile_customer(devstore, kizuna)
 
     frame = navigate(page, frame, "sequences")
     with page.expect_event("framenavigated"):
@@ -119,9 +150,19 @@ def test_create_preview_activate_and_see_the_step(
     offsets.nth(1).fill("4")
     frame.click("#preview-button")
     frame.locator("#preview:not([hidden])").wait_for()
-    assert frame.inner_text("#preview-summary").startswith("1 ")
+    assert frame.inner_text("#preview-summary").startswith("2 ")
     sample = frame.locator(f"#preview-sample a[data-nav='/app/customers/{cid}']")
     assert sample.count() == 1
+    assert sample.inner_text() == "Hana Sato"
+    hana = frame.locator(f"#preview-sample tr[data-customer='{cid}'] td.email")
+    assert hana.inner_text() == "hana@example.com"
+    odd_link = frame.locator(f"#preview-sample a[data-nav='/app/customers/{odd}']")
+    assert odd_link.inner_text() == f"{HOSTILE} Kato"
+    assert frame.locator("#preview-sample img").count() == 0
+    assert frame.evaluate("window.__pwned") is None
+    saved = frame.locator("#version-list tr[data-version='1'] td.saved-at")
+    saved.wait_for()
+    assert saved.inner_text() == "Jul 1, 2026 12:00"  # the shop's time (Tokyo)
     frame.locator("#preview").scroll_into_view_if_needed()
     screenshot(page, "sequence-preview")
 
@@ -133,6 +174,18 @@ def test_create_preview_activate_and_see_the_step(
     kizuna.clock.set(START + timedelta(days=3))
     sync(devstore, kizuna)
     assert "kizuna:four-walls:trust" in tags(devstore, cid)
+
+    frame.fill("#f-title", "Four walls, retitled")
+    frame.click("#save")
+    newest = frame.locator("#version-list tbody tr").first
+    frame.locator("#version-list tr[data-version='2']").wait_for()
+    assert newest.get_attribute("data-version") == "2"
+    assert newest.locator("td.saved-at").inner_text() == "Jul 4, 2026 12:00"
+    assert "Current" in newest.inner_text()
+    older = frame.locator("#version-list tr[data-version='1'] td.saved-at")
+    assert older.inner_text() == "Jul 1, 2026 12:00"
+    frame.locator("#versions").scroll_into_view_if_needed()
+    screenshot(page, "sequence-versions")
 
     with page.expect_event("framenavigated"):
         frame.click(f"#preview-sample a[data-nav='/app/customers/{cid}']")

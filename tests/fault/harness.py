@@ -1,7 +1,7 @@
 """The fault tests' stack and verbs: the app, the devstore, real RQ workers, the dev clock.
 
-:class:`FaultStack` is the end-to-end stack of ``tests/integration/test_e2e_sequences.py``
-(the app over HTTP, the devstore over HTTP, one Redis, the shared :class:`DevClock`) plus what
+:class:`FaultStack` is the end-to-end stack of ``tests/fixtures/stack.py`` (the app over
+HTTP, the devstore over HTTP, one Redis, the shared ``DevClock``, the shop installed) plus what
 fault tests need:
 
 - :meth:`FaultStack.birthday_cohort` — N consenting customers born in August, enrolled through
@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,19 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import requests
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
-from werkzeug.serving import BaseWSGIServer
 
-from plugin.clock import DevClock
-from plugin.settings import Settings
-from tests.fixtures.devstore import Devstore
-from worker import decision_log, steps
+from tests.fixtures.stack import ShopStack
+from worker import decision_log
 from worker.queues import ALL_QUEUES, STEPS
-from worker.scheduler import tick
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "kizuna-fault-client-id"
@@ -84,15 +78,10 @@ class Audit:
 
 
 @dataclass
-class FaultStack:
-    base: str
-    devstore: Devstore
-    conn: redis.Redis
-    clock: DevClock
-    settings: Settings
-    env: dict[str, str]
-    server: BaseWSGIServer
-    thread: threading.Thread
+class FaultStack(ShopStack):
+    """The shared stack (:class:`tests.fixtures.stack.ShopStack`) and the processes a fault
+    test starts."""
+
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def stop_procs(self) -> None:
@@ -104,100 +93,25 @@ class FaultStack:
             if p.stdout is not None:
                 p.stdout.close()
 
-    # -- the merchant's page ----------------------------------------------------------------
-
-    def api(self, method: str, path: str, body: Any = None, **kw: Any) -> requests.Response:
-        token = self.devstore.id_token(SHOP)
-        return requests.request(
-            method, self.base + path, json=body,
-            headers={"Authorization": f"Bearer {token}"}, timeout=30, **kw,
-        )  # fmt: skip
-
     # -- Shopify's side ---------------------------------------------------------------------
-
-    def ctl(self, path: str, body: Any) -> dict[str, Any]:
-        r = self.devstore.session.post(
-            self.devstore.url(f"/_devstore/shops/{SHOP}{path}"), json=body, timeout=10
-        )
-        assert r.status_code in (200, 201), r.text
-        data: dict[str, Any] = r.json()
-        return data
 
     def admin_faults(self, spec: Mapping[str, Any]) -> None:
         """The devstore's Admin API fault switch (``{}`` turns it off)."""
         self.ctl("/faults", dict(spec))
 
-    def customer_view(self, cid: int) -> dict[str, Any]:
-        r = self.devstore.session.get(
-            self.devstore.url(f"/_devstore/shops/{SHOP}/customers/{cid}"), timeout=10
-        )
-        assert r.status_code == 200, r.text
-        data: dict[str, Any] = r.json()
-        return data
-
     def flow_triggers(self) -> list[dict[str, Any]]:
-        raw = self.conn.lrange(f"devstore:{SHOP}:flow_triggers", 0, -1)
+        raw = self.conn.lrange(f"devstore:{self.shop}:flow_triggers", 0, -1)
         return [json.loads(x) for x in raw]
-
-    # -- the app's workers ------------------------------------------------------------------
-
-    def work(self) -> None:
-        """Run every queued job in this process (RQ's SimpleWorker, burst)."""
-        queues = [Queue(n, connection=self.conn, serializer=JSONSerializer) for n in ALL_QUEUES]
-        SimpleWorker(queues, connection=self.conn, serializer=JSONSerializer).work(
-            burst=True, with_scheduler=False
-        )
-
-    def sync(self, *customer_ids: int) -> None:
-        """Deliver Shopify's webhooks, ingest them, evaluate the customers, run what is due."""
-        self.devstore.flush_webhooks()
-        self.work()
-        for cid in customer_ids:
-            steps.on_profile_changed(self.conn, SHOP, cid)
-        self.work()
-        tick(self.conn, self.clock.now())
-        self.work()
 
     # -- a cohort ---------------------------------------------------------------------------
 
-    def sequence(self, template: str, **overrides: Any) -> str:
-        r = self.api("POST", "/api/sequences", {"template": template, **overrides})
-        assert r.status_code == 201, r.text
-        seq_id = str(r.json()["id"])
-        r = self.api("POST", f"/api/sequences/{seq_id}/activate")
-        assert r.status_code == 200, r.text
-        self.work()
-        return seq_id
-
     def birthday_cohort(self, n: int) -> tuple[str, list[int]]:
         """``n`` subscribed customers born in August, enrolled; answer (sequence id, ids)."""
-        from devstore import payloads
-        from devstore.state import Store
-
         seq_id = self.sequence("birthday_coupon")
-        store = Store(self.conn, self.clock)
         ids = []
         for i in range(n):
-            c = self.ctl(
-                "/customers",
-                {
-                    "email": f"c{i}@example.com",
-                    "first_name": f"Hana{i}",
-                    "email_marketing_consent": {
-                        "state": "subscribed", "opt_in_level": "single_opt_in"
-                    },
-                },
-            )  # fmt: skip
-            cid = int(c["id"])
-            customer = store.get(SHOP, "customers", cid)
-            assert customer is not None
-            body = payloads.customer(store, SHOP, customer)
-            body["updated_at"] = self.clock.now().isoformat()
-            body["metafields"] = [
-                {"namespace": "facts", "key": "birth_date", "type": "date",
-                 "value": f"1990-08-{1 + i % 28:02d}", "updated_at": self.clock.now().isoformat()}
-            ]  # fmt: skip
-            self.devstore.emit(SHOP, "customers/update", body)
+            cid = self.subscribed_customer(f"c{i}@example.com", first_name=f"Hana{i}")
+            self.emit_birth_date(cid, f"1990-08-{1 + i % 28:02d}")
             ids.append(cid)
         self.sync(*ids)
         return seq_id, ids

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 
@@ -24,22 +23,16 @@ import redis
 
 from crm.profile import OrderRecord, Profile
 from devstore.state import ID_BASE, PREFIX, Store
-from tests.fixtures.devstore import Devstore
-from tests.integration.test_e2e_sequences import SHOP, START, Stack, running_stack
+from tests.fixtures.stack import Stacks
+from tests.integration.test_e2e_sequences import INSTALLED, KEYS, SHOP, START, Stack
 from worker import decision_log, enrolment_store, profile_store, scheduler
 
 N = 10_000
 
 
 @pytest.fixture()
-def stack(
-    conn: redis.Redis,
-    test_env: dict[str, str],
-    devstore: Devstore,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Stack]:
-    with running_stack(conn, test_env, devstore, monkeypatch) as s:
-        yield s
+def stack(stacks: Stacks) -> Stack:
+    return stacks.shop(Stack, KEYS, INSTALLED)
 
 
 def _dormant_customers(stack: Stack, n: int) -> list[int]:

@@ -9,210 +9,30 @@ The ingest → evaluate hook is called by the test helper (:meth:`Stack.sync`) w
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-import redis
-import requests
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.serializers import JSONSerializer
-from werkzeug.serving import make_server
 
 from plugin import shops
-from plugin.app import create_app
-from plugin.clock import DevClock
-from plugin.crypto import TokenCipher
-from plugin.settings import Settings
-from tests.fixtures.devstore import Devstore
+from tests.fixtures.stack import AppKeys, Installed, Stacks
+from tests.fixtures.stack import ShopStack as Stack
 from worker import decision_log, enrolment_store, steps
-from worker.queues import ALL_QUEUES, STEPS
+from worker.queues import STEPS
 from worker.scheduler import tick
 
-API_KEY = "kizuna-e2e-client-id"
-API_SECRET = "kizuna-e2e-client-secret-0123456789abcdef"
+KEYS = AppKeys("kizuna-e2e-client-id", "kizuna-e2e-client-secret-0123456789abcdef")
 SHOP = "e2e-shop.myshopify.com"
 TZ = "Asia/Tokyo"
 START = datetime(2026, 7, 1, 3, 0, tzinfo=UTC)  # 12:00 in Tokyo
-
-
-@dataclass
-class Stack:
-    base: str
-    devstore: Devstore
-    conn: redis.Redis
-    clock: DevClock
-    settings: Settings
-
-    # -- the merchant's page ----------------------------------------------------------------
-
-    def api(self, method: str, path: str, body: Any = None) -> requests.Response:
-        token = self.devstore.id_token(SHOP)
-        return requests.request(
-            method,
-            self.base + path,
-            json=body,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-
-    # -- Shopify's side ---------------------------------------------------------------------
-
-    def ctl(self, path: str, body: Any) -> dict[str, Any]:
-        r = self.devstore.session.post(self.devstore.url(f"/_devstore/shops/{SHOP}{path}"),
-                                       json=body, timeout=10)  # fmt: skip
-        assert r.status_code in (200, 201), r.text
-        data: dict[str, Any] = r.json()
-        return data
-
-    def customer_view(self, cid: int) -> dict[str, Any]:
-        r = self.devstore.session.get(
-            self.devstore.url(f"/_devstore/shops/{SHOP}/customers/{cid}"), timeout=10
-        )
-        assert r.status_code == 200
-        data: dict[str, Any] = r.json()
-        return data
-
-    def tags(self, cid: int) -> set[str]:
-        raw = self.customer_view(cid)["tags"]
-        items = raw.split(",") if isinstance(raw, str) else raw
-        return {t.strip() for t in items if t.strip()}
-
-    def order(self, cid: int, product: dict[str, Any], quantity: int = 1, **extra: Any) -> int:
-        variant = product["variants"][0]["id"]
-        o = self.ctl(
-            "/orders",
-            {
-                "customer": {"id": cid},
-                "line_items": [{"variant_id": variant, "quantity": quantity}],
-                "financial_status": "paid",
-                **extra,
-            },
-        )
-        return int(o["id"])
-
-    # -- the app's workers ------------------------------------------------------------------
-
-    def work(self) -> None:
-        queues = [Queue(n, connection=self.conn, serializer=JSONSerializer) for n in ALL_QUEUES]
-        SimpleWorker(queues, connection=self.conn, serializer=JSONSerializer).work(
-            burst=True, with_scheduler=False
-        )
-
-    def sync(self, *customer_ids: int) -> None:
-        """Deliver Shopify's webhooks, ingest them, evaluate the customers, run what is due."""
-        self.devstore.flush_webhooks()
-        self.work()
-        for cid in customer_ids:
-            steps.on_profile_changed(self.conn, SHOP, cid)
-        self.work()
-        tick(self.conn, self.clock.now())
-        self.work()
-
-    def advance_to(self, at: datetime) -> None:
-        self.clock.set(at)
-        self.sync()
-
-
-@contextmanager
-def running_stack(
-    conn: redis.Redis,
-    test_env: dict[str, str],
-    devstore: Devstore,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Stack]:
-    """The app on an ephemeral port, the devstore, the shop installed (other test modules
-    build their own fixture on it)."""
-    devstore.set_time(START)
-    holder: dict[str, Any] = {}
-    server = make_server("127.0.0.1", 0, lambda e, s: holder["app"](e, s), threaded=True)
-    base = f"http://127.0.0.1:{server.server_port}"
-    env = (
-        test_env
-        | devstore.env()
-        | {
-            "SHOPIFY_APP_URL": base,
-            "SHOPIFY_API_KEY": API_KEY,
-            "SHOPIFY_API_SECRET": API_SECRET,
-            "KIZUNA_DEV_CLOCK": "1",
-        }
-    )
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)  # the RQ jobs build their settings from the environment
-    settings = Settings.from_env(env)
-    clock = DevClock(conn)
-    holder["app"] = create_app(settings, conn=conn, clock=clock)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    devstore.create_shop(SHOP, name="E2E", timezone=TZ, currency="JPY")
-    token = devstore.install(SHOP, base, API_KEY, API_SECRET)
-    cipher = TokenCipher.from_settings(settings)
-    grant = shops.Grant(access_token=token, scopes=("read_customers", "write_customers"))
-    shops.install(conn, cipher, SHOP, grant, clock.now())
-    shops.set_facts(conn, SHOP, shops.ShopFacts("E2E", TZ, "JPY", "Basic"))
-    try:
-        yield Stack(base, devstore, conn, clock, settings)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+INSTALLED = Installed(SHOP, shops.ShopFacts("E2E", TZ, "JPY", "Basic"), START)
 
 
 @pytest.fixture()
-def stack(
-    conn: redis.Redis,
-    test_env: dict[str, str],
-    devstore: Devstore,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Stack]:
-    with running_stack(conn, test_env, devstore, monkeypatch) as s:
-        yield s
-
-
-def _subscribed_customer(stack: Stack, email: str, **extra: Any) -> int:
-    c = stack.ctl(
-        "/customers",
-        {
-            "email": email,
-            "first_name": "Hana",
-            "email_marketing_consent": {"state": "subscribed", "opt_in_level": "single_opt_in"},
-            **extra,
-        },
-    )
-    return int(c["id"])
-
-
-def _with_birthday(stack: Stack, cid: int, birth_date: str) -> None:
-    """Shopify sends ``facts.birth_date`` in ``customers/update`` when the subscription asks
-    for the ``facts`` namespace; the devstore's own payloads carry no metafields, so the test
-    emits that delivery itself (signed and sent by the devstore like any other)."""
-    from devstore import payloads
-    from devstore.state import Store
-
-    store = Store(stack.conn, stack.clock)
-    customer = store.get(SHOP, "customers", cid)
-    assert customer is not None
-    body = payloads.customer(store, SHOP, customer)
-    body["updated_at"] = stack.clock.now().isoformat()
-    body["metafields"] = [
-        {"namespace": "facts", "key": "birth_date", "type": "date", "value": birth_date,
-         "updated_at": stack.clock.now().isoformat()}
-    ]  # fmt: skip
-    stack.devstore.emit(SHOP, "customers/update", body)
-
-
-def _sequence(stack: Stack, template: str, **overrides: Any) -> str:
-    r = stack.api("POST", "/api/sequences", {"template": template, **overrides})
-    assert r.status_code == 201, r.text
-    seq_id = str(r.json()["id"])
-    r = stack.api("POST", f"/api/sequences/{seq_id}/activate")
-    assert r.status_code == 200, r.text
-    stack.work()
-    return seq_id
+def stack(stacks: Stacks) -> Stack:
+    """The app, the devstore, :data:`SHOP` installed, the clock at :data:`START`."""
+    return stacks.shop(Stack, KEYS, INSTALLED)
 
 
 def _tokyo(y: int, m: int, d: int, h: int = 10, minute: int = 0) -> datetime:
@@ -231,8 +51,8 @@ def test_replenishment_steps_land_on_local_days_stop_on_reorder_and_restart(stac
         "/products", {"title": "Vitamin C 30 days", "variants": [{"price": "3000"}]}
     )
     pid = int(product["id"])
-    seq_id = _sequence(stack, "replenishment", trigger={"product_ids": [pid]})
-    cid = _subscribed_customer(stack, "hana@example.com")
+    seq_id = stack.sequence("replenishment", trigger={"product_ids": [pid]})
+    cid = stack.subscribed_customer("hana@example.com")
     stack.sync(cid)
     stack.order(cid, product)  # 1 July, 12:00 Tokyo
     stack.sync(cid)
@@ -280,9 +100,9 @@ def test_birthday_coupon_once_in_the_birth_month_restricted_and_in_metafields(
     """A customer born in August gets one coupon on 1 August (local), valid to the month's
     end, restricted to them, with its code and expiry in metafields. Running the tick and
     the workers again, or re-running the step, must not create a second code."""
-    seq_id = _sequence(stack, "birthday_coupon")
-    cid = _subscribed_customer(stack, "kei@example.com")
-    _with_birthday(stack, cid, "1990-08-15")
+    seq_id = stack.sequence("birthday_coupon")
+    cid = stack.subscribed_customer("kei@example.com")
+    stack.emit_birth_date(cid, "1990-08-15")
     stack.sync(cid)
     enr = enrolment_store.load(stack.conn, SHOP, seq_id, cid)
     assert enr is not None and enr.due_at == _tokyo(2026, 8, 1)
@@ -315,7 +135,7 @@ def test_unsubscribed_customer_gets_nothing(stack: Stack) -> None:
     """A customer who never consented orders the product: no enrolment, no tag, and the log
     says why (consent). Moving past every due date must not write anything."""
     product = stack.ctl("/products", {"title": "Green tea", "variants": [{"price": "1500"}]})
-    seq_id = _sequence(stack, "replenishment", trigger={"product_ids": [int(product["id"])]})
+    seq_id = stack.sequence("replenishment", trigger={"product_ids": [int(product["id"])]})
     c = stack.ctl("/customers", {"email": "quiet@example.com", "first_name": "Q"})
     cid = int(c["id"])
     stack.order(cid, product)
@@ -331,8 +151,8 @@ def test_unsubscribed_customer_gets_nothing(stack: Stack) -> None:
 def test_third_order_earns_the_milestone_gift(stack: Stack) -> None:
     """Two orders earn nothing; the third enrols the customer and the gift coupon is issued."""
     product = stack.ctl("/products", {"title": "Soap", "variants": [{"price": "800"}]})
-    seq_id = _sequence(stack, "milestone_gift")
-    cid = _subscribed_customer(stack, "third@example.com")
+    seq_id = stack.sequence("milestone_gift")
+    cid = stack.subscribed_customer("third@example.com")
     for _ in range(2):
         stack.order(cid, product)
     stack.sync(cid)
@@ -349,9 +169,9 @@ def test_third_order_earns_the_milestone_gift(stack: Stack) -> None:
 def test_step_job_for_a_paused_shop_reschedules_instead_of_failing(stack: Stack) -> None:
     """An uninstalled shop: the step job raises nothing and leaves the step for later; the
     tick postpones the shop without claiming. Nothing is written to Shopify."""
-    seq_id = _sequence(stack, "birthday_coupon")
-    cid = _subscribed_customer(stack, "pause@example.com")
-    _with_birthday(stack, cid, "1990-08-15")
+    seq_id = stack.sequence("birthday_coupon")
+    cid = stack.subscribed_customer("pause@example.com")
+    stack.emit_birth_date(cid, "1990-08-15")
     stack.sync(cid)
     shops.mark_uninstalled(stack.conn, SHOP, stack.clock.now())
     stack.clock.set(_tokyo(2026, 8, 1, 10, 5))
@@ -389,7 +209,7 @@ def test_redeemed_coupon_ends_the_sequence_and_removes_its_tags(stack: Stack) ->
     seq_id = str(r.json()["id"])
     assert stack.api("POST", f"/api/sequences/{seq_id}/activate").status_code == 200
     stack.work()
-    cid = _subscribed_customer(stack, "redeem@example.com")
+    cid = stack.subscribed_customer("redeem@example.com")
     stack.order(cid, product)  # 1 July, 12:00 Tokyo
     stack.sync(cid)
     enr = enrolment_store.load(stack.conn, SHOP, seq_id, cid)
@@ -441,10 +261,10 @@ def test_chunk_job_runs_each_step_alone_and_one_permanent_failure_spares_the_oth
     failure invisible (it must be in the shop's failures and their decision log)."""
     from devstore.state import Store
 
-    seq_id = _sequence(stack, "birthday_coupon")
-    ids = [_subscribed_customer(stack, f"chunk{i}@example.com") for i in range(3)]
+    seq_id = stack.sequence("birthday_coupon")
+    ids = [stack.subscribed_customer(f"chunk{i}@example.com") for i in range(3)]
     for cid in ids:
-        _with_birthday(stack, cid, "1990-08-20")
+        stack.emit_birth_date(cid, "1990-08-20")
     stack.sync(*ids)
     Store(stack.conn, stack.clock).delete(SHOP, "customers", ids[1])
     stack.clock.set(_tokyo(2026, 8, 1, 10, 5))

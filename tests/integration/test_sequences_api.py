@@ -49,3 +49,51 @@ def test_api_requires_a_session_token_and_ignores_other_shops(stack: Stack) -> N
     assert r.status_code == 403
     assert sequence_store.metas(stack.conn, SHOP) == []
     assert stack.api("GET", "/api/sequences/nope").status_code == 404
+
+
+def test_version_history_carries_the_save_time_of_each_version(stack: Stack) -> None:  # noqa: F811
+    """Each version is served with the time it was saved (the injected clock) and its step
+    count. A refused edit and an edit that changes nothing must add no version and must not
+    move the save time of the current one."""
+    from datetime import datetime, timedelta
+
+    start = stack.clock.now()
+    seq_id = stack.api("POST", "/api/sequences", {"template": "four_walls"}).json()["id"]
+    definition = stack.api("GET", f"/api/sequences/{seq_id}").json()["definition"]
+    stack.clock.set(start + timedelta(days=1, hours=2))
+    definition["steps"] = definition["steps"][:3]
+    assert stack.api("PUT", f"/api/sequences/{seq_id}", definition).json()["version"] == 2
+
+    stack.clock.set(start + timedelta(days=2))
+    bad = dict(definition, steps=[dict(s) for s in definition["steps"]])
+    bad["steps"][2]["offset_days"] = 0
+    assert stack.api("PUT", f"/api/sequences/{seq_id}", bad).status_code == 422
+    same = stack.api("GET", f"/api/sequences/{seq_id}").json()["definition"]
+    assert stack.api("PUT", f"/api/sequences/{seq_id}", same).json()["version"] == 2
+
+    history = stack.api("GET", f"/api/sequences/{seq_id}").json()["history"]
+    assert [(v["version"], v["steps"]) for v in history] == [(1, 5), (2, 3)]
+    saved = [datetime.fromisoformat(v["saved_at"]) for v in history]
+    expected = [start, start + timedelta(days=1, hours=2)]
+    # The dev clock keeps ticking after it is set: the save is within seconds of that time.
+    assert all(
+        timedelta(0) <= s - e < timedelta(seconds=10) for s, e in zip(saved, expected, strict=True)
+    )
+
+
+def test_preview_sample_names_the_customers(stack: Stack) -> None:  # noqa: F811
+    """The preview's sample gives each customer's id, first and last name and email (the
+    page shows them as text with a link), not only an id; a customer who would not enter is
+    not in the sample."""
+    product = stack.ctl("/products", {"title": "Tea", "variants": [{"price": "1200"}]})
+    cid = stack.subscribed_customer("yui@example.com", first_name="Yui", last_name="Mori")
+    stack.order(cid, product)
+    quiet = int(stack.ctl("/customers", {"email": "no@example.com", "first_name": "No"})["id"])
+    stack.order(quiet, product)
+    stack.sync(cid, quiet)
+    seq_id = stack.api("POST", "/api/sequences", {"template": "four_walls"}).json()["id"]
+    body = stack.api("POST", f"/api/sequences/{seq_id}/preview", {}).json()
+    assert body["would_enter"] == 1
+    [row] = body["sample"]
+    assert row["customer_id"] == cid
+    assert (row["first_name"], row["last_name"], row["email"]) == ("Yui", "Mori", "yui@example.com")

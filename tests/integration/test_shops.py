@@ -253,3 +253,27 @@ def test_uninstall_cancels_the_scheduled_steps_of_that_shop_only(
     assert not list(conn.scan_iter(f"kizuna:{SHOP}:enr:*"))
     assert conn.zcard(due_key(other)) == 2 and conn.zscore(SHOPS_DUE, other) == 1.0
     assert conn.exists(enrolment_key(other, "winback", 7))
+
+
+def test_ending_a_reauth_pause_is_answered_once(
+    conn: redis.Redis, settings: Settings, clock: FixedClock
+) -> None:
+    """A grant stored for a shop waiting for re-auth answers the pause's id, once: a second
+    grant (another page load) answers none, nor does a grant for a shop that was not paused.
+    Marking an uninstalled shop needs-reauth changes nothing."""
+    cipher = TokenCipher.from_settings(settings)
+    assert shops.install_grant(conn, cipher, SHOP, grant(clock), clock.now()).resumed is None
+    shops.mark_needs_reauth(conn, SHOP, "refused", clock.now())
+    paused = shops.load(conn, SHOP)
+    assert paused is not None and paused.reauth_id and paused.status is Status.NEEDS_REAUTH
+    shops.mark_needs_reauth(conn, SHOP, "again", clock.now())  # already paused: same pause
+    assert shops.load(conn, SHOP).reauth_id == paused.reauth_id  # type: ignore[union-attr]
+    first = shops.install_grant(conn, cipher, SHOP, grant(clock, 2), clock.now())
+    assert first.resumed == paused.reauth_id and not first.fresh
+    assert first.record.reauth_id is None and first.record.status is Status.INSTALLED
+    second = shops.install_grant(conn, cipher, SHOP, grant(clock, 3), clock.now())
+    assert second.resumed is None
+    shops.mark_uninstalled(conn, SHOP, clock.now())
+    shops.mark_needs_reauth(conn, SHOP, "late", clock.now())
+    gone = shops.load(conn, SHOP)
+    assert gone is not None and gone.status is Status.UNINSTALLED and gone.reauth_id is None

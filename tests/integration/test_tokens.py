@@ -27,7 +27,7 @@ from plugin.clock import FixedClock
 from plugin.crypto import TokenCipher
 from plugin.settings import Settings
 from plugin.shops import Grant, Status
-from plugin.tokens import fresh_access_token
+from plugin.tokens import fresh_access_token, recover_unauthorized
 
 SHOP = "alpha.myshopify.com"
 SECRET = "test-client-secret-0123456789abcdef01"
@@ -245,3 +245,50 @@ def test_server_error_is_transient_and_keeps_the_token(
     record = shops.load(conn, SHOP)
     assert record is not None and record.status is Status.INSTALLED
     assert shops.decrypt_refresh_token(cipher, record) == body["refresh_token"]
+
+
+def test_a_401_refreshes_once_for_many_jobs(
+    conn: redis.Redis, env: Settings, token_server: tuple[TokenServer, str], clock: FixedClock
+) -> None:
+    """Twenty jobs meet a 401 on the same (unexpired) access token at once: exactly one
+    refresh is made, every job gets the new token, and the shop stays installed. A job
+    reporting a 401 on a token already replaced gets the stored one without a call."""
+    server, _ = token_server
+    body = install(conn, env, server, clock)
+    rejected = body["access_token"]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        got = list(
+            pool.map(lambda _: recover_unauthorized(conn, env, SHOP, clock, rejected), range(20))
+        )
+    assert server.calls == 1
+    assert len(set(got)) == 1 and got[0] != rejected
+    record = shops.load(conn, SHOP)
+    assert record is not None and record.status is Status.INSTALLED
+    assert recover_unauthorized(conn, env, SHOP, clock, rejected) == got[0]
+    assert server.calls == 1
+
+
+def test_a_401_without_a_usable_refresh_pauses_the_shop(
+    conn: redis.Redis, env: Settings, token_server: tuple[TokenServer, str], clock: FixedClock
+) -> None:
+    """A 401 and Shopify refuses the refresh too: the shop needs re-auth (with a reauth id for
+    the resume) and ShopUnavailable is raised. A shop whose grant had no refresh token is
+    paused without any call."""
+    server, _ = token_server
+    body = install(conn, env, server, clock)
+    server.reject_all = True
+    with pytest.raises(ShopUnavailable):
+        recover_unauthorized(conn, env, SHOP, clock, body["access_token"])
+    record = shops.load(conn, SHOP)
+    assert record is not None and record.status is Status.NEEDS_REAUTH and record.reauth_id
+    assert server.calls == 1
+
+    cipher = TokenCipher.from_settings(env)
+    shops.mark_uninstalled(conn, SHOP, clock.now())
+    shops.install(conn, cipher, SHOP, Grant(access_token="shpat_plain", scopes=()), clock.now())
+    with pytest.raises(ShopUnavailable):
+        recover_unauthorized(conn, env, SHOP, clock, "shpat_plain")
+    record = shops.load(conn, SHOP)
+    assert record is not None and record.status is Status.NEEDS_REAUTH
+    assert record.reauth_reason and "no refresh token" in record.reauth_reason
+    assert server.calls == 1
