@@ -37,7 +37,7 @@ def load_profiles(conn: redis.Redis, shop: str) -> None:
     from bench.orders import order_stream
     from crm import events
     from crm.profile import Profile, apply
-    from worker import profile_store, search_index
+    from worker import list_index, profile_store, search_index
 
     templates: dict[int, Profile] = {}
     for order in order_stream(TEMPLATES, seed=5):
@@ -49,18 +49,21 @@ def load_profiles(conn: redis.Redis, shop: str) -> None:
     # A clone has its template's lists (they do not depend on the id): computed once each.
     keys = [profile_store.keys_for(p, now) for p in pool]
     with conn.pipeline(transaction=False) as pipe:
-        pipe.sadd(profile_store.indexes_key(shop), *sorted(set().union(*keys)))
+        added: dict[str, list[int]] = {}
+        chunk: list[Profile] = []
         for n in range(CUSTOMERS):
             cid = FIRST_ID + n
             profile = dataclasses.replace(pool[n % len(pool)], customer_id=cid)
             lists = keys[n % len(pool)]
             pipe.set(profile_store.profile_key(shop, cid), profile_store.encode(profile, lists))
             for key in lists:
-                pipe.sadd(profile_store.index_key(shop, key), cid)
-            search_index.update(pipe, shop, None, profile)
-            if n % 2_000 == 1_999:
+                added.setdefault(key, []).append(cid)
+            chunk.append(profile)
+            if n % 2_000 == 1_999 or n == CUSTOMERS - 1:
+                list_index.queue_changes(pipe, shop, added, {})  # the lists' bucketed layout
+                search_index.update_many(pipe, shop, [(None, p) for p in chunk])
                 pipe.execute()
-        pipe.execute()
+                added, chunk = {}, []
 
 
 def timed(session: requests.Session, url: str, token: str | None) -> float:

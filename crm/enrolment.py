@@ -277,7 +277,10 @@ class PreviewRow:
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class CycleEntry:
+    """The cycle of a sequence a customer qualifies for (:func:`qualifying_cycle`): its number,
+    the moment its steps count from, and why (reason and detail for the decision log)."""
+
     cycle: int
     anchor_at: datetime
     reason: str
@@ -348,19 +351,20 @@ def _base_day(seq: Sequence, anchor_at: datetime, tz: str) -> date:
     return local_date(anchor_at, tz)
 
 
-def _plan(seq: Sequence, anchor_at: datetime, tz: str) -> list[datetime]:
+def step_times(seq: Sequence, anchor_at: datetime, tz: str) -> list[datetime]:
+    """When each step of ``seq`` is due in the cycle anchored at ``anchor_at`` (shop zone)."""
     base = _base_day(seq, anchor_at, tz)
     return [step_time(base, s.offset_days, s.send_hour, tz) for s in seq.steps]
 
 
-def _trigger(
+def qualifying_cycle(
     profile: ProfileLike,
     seq: Sequence,
     now: datetime,
     rules: ShopRules,
     segments: Mapping[str, datetime],
     after_cycle: int | None,
-) -> _Entry | None:
+) -> CycleEntry | None:
     """The cycle the customer qualifies for now, if any (newer than ``after_cycle``)."""
     t = seq.trigger
     tz = rules.timezone
@@ -369,7 +373,7 @@ def _trigger(
         if not live:
             return None
         first = live[0]
-        return _Entry(
+        return CycleEntry(
             1, _order_anchor(first, t.anchor), "first_order", {"order": _order_label(first)}
         )
     if t.kind == "nth_order":
@@ -378,7 +382,7 @@ def _trigger(
             return None
         nth = live[t.nth - 1]
         detail = {"nth": t.nth, "order": _order_label(nth)}
-        return _Entry(t.nth, _order_anchor(nth, t.anchor), "nth_order", detail)
+        return CycleEntry(t.nth, _order_anchor(nth, t.anchor), "nth_order", detail)
     if t.kind in ("replenishment", "product_bought"):
         products = _products(seq, rules)
         matching = [o for o in live if _quantity(o, products) > 0]
@@ -387,7 +391,7 @@ def _trigger(
         if t.kind == "product_bought":
             first = matching[0]
             anchor = _order_anchor(first, t.anchor)
-            return _Entry(1, anchor, "product_ordered", {"order": _order_label(first)})
+            return CycleEntry(1, anchor, "product_ordered", {"order": _order_label(first)})
         last = matching[-1]
         quantity = _quantity(last, products)
         history = [(o.created_at, _quantity(o, products)) for o in matching if o.created_at]
@@ -401,7 +405,7 @@ def _trigger(
             "runs_out": (anchor_day + timedelta(days=days)).isoformat(),
         }
         reason = "reordered" if len(matching) > 1 else "product_ordered"
-        return _Entry(last.id, local_midnight(base, tz), reason, detail)
+        return CycleEntry(last.id, local_midnight(base, tz), reason, detail)
     if t.kind == "yearly_date":
         source = _yearly_source(profile, seq, tz)
         if source is None:
@@ -415,12 +419,14 @@ def _trigger(
             year += 1
             occurrence = yearly_occurrence(source, year, t.yearly_mode, t.days_before)
         detail = {"date": occurrence.isoformat(), "source": t.date_source}
-        return _Entry(year, local_midnight(occurrence, tz), "yearly_date", detail)
+        return CycleEntry(year, local_midnight(occurrence, tz), "yearly_date", detail)
     if t.kind == "segment_entered":
         entered = segments.get(t.segment or "")
         if entered is None:
             return None
-        return _Entry(int(entered.timestamp()), entered, "segment_entered", {"segment": t.segment})
+        return CycleEntry(
+            int(entered.timestamp()), entered, "segment_entered", {"segment": t.segment}
+        )
     raise AssertionError(f"unknown trigger {t.kind}")
 
 
@@ -526,10 +532,10 @@ def exit_all(
 
 
 def _enter(
-    profile: ProfileLike, seq: Sequence, entry: _Entry, now: datetime, rules: ShopRules
+    profile: ProfileLike, seq: Sequence, entry: CycleEntry, now: datetime, rules: ShopRules
 ) -> Evaluation:
     cid = profile.customer_id
-    plan = _plan(seq, entry.anchor_at, rules.timezone)
+    plan = step_times(seq, entry.anchor_at, rules.timezone)
     ahead = [i for i, at in enumerate(plan) if at + GRACE >= now]
     if not ahead:
         if seq.catch_up != "latest":
@@ -592,7 +598,7 @@ def evaluate(
                 ended,
                 (_decision("exited", reason, now, cid, sequence, version=enr.version, **detail),),
             )
-        entry = _trigger(profile, sequence, now, rules, segs, None)
+        entry = qualifying_cycle(profile, sequence, now, rules, segs, None)
         if entry is None or (sequence.trigger.kind != "yearly_date" and entry.cycle != enr.cycle):
             # the anchoring order was cancelled, or (replenishment) a newer order restarts it
             ended = replace(enr, status="exited", due_at=None)
@@ -604,7 +610,7 @@ def evaluate(
             restarted = _enter(profile, sequence, entry, now, rules)
             return Evaluation(restarted.enrolment, (exited, *restarted.decisions))
         if sequence.trigger.kind != "yearly_date" and entry.anchor_at != enr.anchor_at:
-            plan = _plan(sequence, entry.anchor_at, rules.timezone)
+            plan = step_times(sequence, entry.anchor_at, rules.timezone)
             due = plan[enr.next_step]
             moved = replace(enr, anchor_at=entry.anchor_at, due_at=due)
             d = _decision(
@@ -635,7 +641,7 @@ def evaluate(
     if not sequence.active:
         return Evaluation(enr, (_decision("waiting", "sequence_inactive", now, cid, sequence),))
     after = enr.cycle if enr is not None else None
-    entry = _trigger(profile, sequence, now, rules, segs, after)
+    entry = qualifying_cycle(profile, sequence, now, rules, segs, after)
     if entry is None:
         return Evaluation(enr, (_decision("waiting", "not_triggered", now, cid, sequence),))
     if enr is not None and entry.cycle == enr.cycle:
@@ -728,7 +734,7 @@ def advance(
     following = done + 1
     if following >= len(sequence.steps):
         return replace(enrolment, next_step=following, due_at=None, status="done", history=history)
-    due = _plan(sequence, enrolment.anchor_at, rules.timezone)[following]
+    due = step_times(sequence, enrolment.anchor_at, rules.timezone)[following]
     return replace(enrolment, next_step=following, due_at=due, history=history)
 
 

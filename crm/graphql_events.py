@@ -20,6 +20,7 @@ Everything here is pure; a node it cannot use raises ``ValidationError`` naming 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,8 +58,8 @@ def gid_type(value: Any) -> str | None:
 
 def _obj(node: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
     value = node.get(key)
-    if value is None:
-        return None
+    if value is None or type(value) is dict:  # parsed JSON: a dict (checked first: cheaper)
+        return value
     if not isinstance(value, Mapping):
         raise ValidationError(f"{where}.{key} must be an object", field=f"{where}.{key}")
     return value
@@ -68,6 +69,8 @@ def _str(node: Mapping[str, Any], key: str, where: str) -> str | None:
     value = node.get(key)
     if value is None:
         return None
+    if type(value) is str:
+        return value.strip() or None
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise ValidationError(f"{where}.{key} must be a string", field=f"{where}.{key}")
     text = str(value).strip()
@@ -100,12 +103,42 @@ def _money(node: Mapping[str, Any], key: str, where: str) -> tuple[Decimal, str 
         money = _obj(money, "shopMoney", f"{where}.{key}")
         if money is None:
             return None
-    if money.get("amount") is None:
+    raw, code = money.get("amount"), money.get("currencyCode")
+    if raw is None:
         return None
-    amount = parse_amount(money.get("amount"), field=f"{where}.{key}.amount")
-    code = money.get("currencyCode")
+    if type(raw) is str and (code is None or type(code) is str):
+        return _money_of(raw, code, f"{where}.{key}")  # the common case: the same few recur
+    amount = parse_amount(raw, field=f"{where}.{key}.amount")
     currency = None if code is None else parse_currency(code, field=f"{where}.{key}.currencyCode")
     return amount, currency
+
+
+@functools.lru_cache(maxsize=4096)
+def _money_of(raw: str, code: str | None, where: str) -> tuple[Decimal, str | None]:
+    """:func:`_money` of an amount and a currency given as strings (Decimals are immutable;
+    a refused value raises, and errors are not cached)."""
+    amount = parse_amount(raw, field=f"{where}.amount")
+    return amount, None if code is None else parse_currency(code, field=f"{where}.currencyCode")
+
+
+@functools.lru_cache(maxsize=8192)
+def _gid_number(value: str, where: str) -> int:
+    """:func:`crm.events._as_id` of a GID string (products and variants recur in every
+    order)."""
+    return _as_id(value, where)
+
+
+def _ref_id(node: Mapping[str, Any], key: str, where: str) -> int | None:
+    """The id of the object ``node[key]`` (``{"id": ...}``), None when absent."""
+    ref = _obj(node, key, where)
+    if ref is None:
+        return None
+    value = ref.get("id")
+    if value is None:
+        return None
+    if type(value) is str:
+        return _gid_number(value, f"{where}.{key}.id")
+    return _as_id(value, f"{where}.{key}.id")
 
 
 # --- customers -----------------------------------------------------------------------------------
@@ -222,15 +255,9 @@ def _line_item(row: Mapping[str, Any], where: str) -> LineItem:
         quantity = _count(row, "quantity", where)
     if quantity is None or quantity > 1_000_000:
         raise ValidationError(f"{where}.quantity must be a count", field=f"{where}.quantity")
-    product = _obj(row, "product", where)
-    variant = _obj(row, "variant", where)
     return LineItem(
-        product_id=None
-        if product is None or product.get("id") is None
-        else _as_id(product["id"], f"{where}.product.id"),
-        variant_id=None
-        if variant is None or variant.get("id") is None
-        else _as_id(variant["id"], f"{where}.variant.id"),
+        product_id=_ref_id(row, "product", where),
+        variant_id=_ref_id(row, "variant", where),
         quantity=quantity,
         title=_str(row, "title", where) or _str(row, "name", where),
         sku=_str(row, "sku", where),
@@ -252,12 +279,7 @@ def order_event(
     created_at = _time(node, "createdAt", where)
     if created_at is None:
         raise ValidationError("order.createdAt is missing", field="order.createdAt")
-    customer = _obj(node, "customer", where)
-    customer_id = (
-        None
-        if customer is None or customer.get("id") is None
-        else _as_id(customer["id"], f"{where}.customer.id")
-    )
+    customer_id = _ref_id(node, "customer", where)
     total_currency = _money(node, "currentTotalPriceSet", where) or _money(
         node, "totalPriceSet", where
     )

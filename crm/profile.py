@@ -274,43 +274,64 @@ class Profile:
     versions: dict[str, str] = field(default_factory=dict)
     tag_snapshot: tuple[str, tuple[str, ...]] | None = None
     tag_changes: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    # The live orders, sorted, and the order records they were computed from (see _live).
+    _live_cache: tuple[tuple[OrderRecord, ...], tuple[OrderRecord, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     # --- derived, read-only ---
+
+    def _live(self) -> tuple[OrderRecord, ...]:
+        """The live orders, oldest first, computed once per state of ``orders``.
+
+        Every aggregate (count, spend, dates, products, segments) reads them, and each used to
+        filter and sort the orders again. ``orders`` is a plain dict that callers may change in
+        place (``apply`` works on a copy, ``ingest`` pops a moved order), so the cache is not
+        trusted blindly: it is kept with the tuple of records it was computed from and used only
+        while ``orders`` still holds those records, in that order (records are frozen, and the
+        comparison is by identity first, so a hit costs one pass in C over the dict).
+        """
+        records = tuple(self.orders.values())
+        cached = self._live_cache
+        if cached is not None and cached[0] == records:
+            return cached[1]
+        live = tuple(sorted((o for o in records if o.is_live), key=_live_order_key))
+        self._live_cache = (records, live)
+        return live
 
     @property
     def live_orders(self) -> list[OrderRecord]:
         """Orders that count, oldest first (not cancelled, not deleted, not stubs)."""
-        live = [order for order in self.orders.values() if order.is_live]
-        return sorted(live, key=lambda order: (order.created_at, order.id))
+        return list(self._live())
 
     @property
     def order_count(self) -> int:
-        return len(self.live_orders)
+        return len(self._live())
 
     @property
     def total_spent(self) -> Decimal:
         """Sum of live orders' current totals, in the shop currency (refunds deducted)."""
-        return normalize(sum((order.total for order in self.live_orders), ZERO))
+        return normalize(sum((order.total for order in self._live()), ZERO))
 
     @property
     def currency(self) -> str | None:
-        live = self.live_orders
+        live = self._live()
         return live[-1].currency if live else self.shopify_currency
 
     @property
     def first_order_at(self) -> datetime | None:
-        live = self.live_orders
+        live = self._live()
         return live[0].created_at if live else None
 
     @property
     def last_order_at(self) -> datetime | None:
-        live = self.live_orders
+        live = self._live()
         return live[-1].created_at if live else None
 
     @property
     def avg_order_interval_days(self) -> float | None:
         """Mean days between consecutive live orders; ``None`` below two orders."""
-        live = self.live_orders
+        live = self._live()
         if len(live) < 2:
             return None
         first, last = live[0].created_at, live[-1].created_at
@@ -321,7 +342,7 @@ class Profile:
     def products(self) -> dict[int, list[tuple[datetime, int]]]:
         """Product id → (order date, quantity) per live order, oldest first."""
         bought: dict[int, list[tuple[datetime, int]]] = {}
-        for order in self.live_orders:
+        for order in self._live():
             assert order.created_at is not None
             per_order: dict[int, int] = {}
             for item in order.line_items:
@@ -332,8 +353,18 @@ class Profile:
         return bought
 
     @property
+    def product_ids(self) -> set[int]:
+        """The products of :attr:`products` (bought in a live order), without the history."""
+        return {
+            item.product_id
+            for order in self._live()
+            for item in order.line_items
+            if item.product_id is not None and item.quantity > 0
+        }
+
+    @property
     def discount_codes_used(self) -> set[str]:
-        return {code for order in self.live_orders for code in order.discount_codes}
+        return {code for order in self._live() for code in order.discount_codes}
 
     @property
     def active(self) -> bool:
@@ -426,13 +457,23 @@ class Profile:
         return profile
 
     def copy(self) -> Profile:
-        return replace(
-            self,
-            metafields=dict(self.metafields),
-            orders=dict(self.orders),
-            versions=dict(self.versions),
-            tag_changes=dict(self.tag_changes),
-        )
+        """A copy whose dicts can be changed without touching this profile.
+
+        Field by field rather than ``dataclasses.replace`` (which re-runs ``__init__`` and
+        costs as much as the rest of an ``apply``); the live-order cache comes along, and stays
+        right for the copy because it checks the records it was computed from.
+        """
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin.metafields = dict(self.metafields)
+        twin.orders = dict(self.orders)
+        twin.versions = dict(self.versions)
+        twin.tag_changes = dict(self.tag_changes)
+        return twin
+
+
+def _live_order_key(order: OrderRecord) -> tuple[datetime | None, int]:
+    return (order.created_at, order.id)
 
 
 def _dt(value: Any) -> datetime | None:
@@ -450,15 +491,17 @@ def _dt(value: Any) -> datetime | None:
 def _write(profile: Profile, register: str, attr: str | None, value: Any, version: str) -> None:
     """Last-writer-wins: ``value`` replaces the register if ``(version, value)`` is greater."""
     current_version = profile.versions.get(register)
-    if attr is None:  # a metafield
-        current = profile.metafields.get(register[3:])
-    else:
-        current = getattr(profile, attr)
-    if current_version is not None and (current_version, _value_key(current)) >= (
-        version,
-        _value_key(value),
-    ):
-        return
+    if current_version is not None:
+        # (current_version, current) >= (version, value), comparing values only on a tie of
+        # versions (the common case is decided by the versions alone).
+        if current_version > version:
+            return
+        if current_version == version:
+            current = (
+                profile.metafields.get(register[3:]) if attr is None else getattr(profile, attr)
+            )
+            if _value_key(current) >= _value_key(value):
+                return
     profile.versions[register] = version
     if attr is None:
         if value is None:

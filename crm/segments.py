@@ -221,7 +221,7 @@ def index_keys(
         keys.add(f"bday:{profile.birth_date.month:02d}")
     if profile.created_at is not None:
         keys.add(f"signup:{profile.created_at.astimezone(zone):%Y-%m}")
-    for product_id in profile.products:
+    for product_id in profile.product_ids:
         keys.add(f"product:{product_id}")
     if profile.email_marketing_state:
         keys.add(f"consent:{profile.email_marketing_state}")

@@ -184,15 +184,8 @@ def _page(conn: Any, shop: str, keys: list[str], query: str, cursor: int) -> tup
         next_cursor, candidates = profile_store.members(conn, shop, base, cursor, PAGE)
         rest = keys[1:]
     if rest and candidates:
-        with conn.pipeline(transaction=False) as pipe:
-            for cid in candidates:
-                for key in rest:
-                    pipe.sismember(profile_store.index_key(shop, key), str(cid))
-            answers = pipe.execute()
-        width = len(rest)
-        candidates = [
-            cid for i, cid in enumerate(candidates) if all(answers[i * width : (i + 1) * width])
-        ]
+        inside = profile_store.in_lists(conn, shop, rest, candidates)
+        candidates = [cid for cid, ok in zip(candidates, inside, strict=True) if ok]
     return candidates, next_cursor
 
 
@@ -223,6 +216,8 @@ def list_customers() -> Any:
     try:
         keys = _filters()
         cursor = int(request.args.get("cursor") or 0)
+        if cursor < 0:
+            raise ValueError("negative cursor")
     except ValidationError as exc:
         return _bad(str(exc), exc.field or "query")
     except ValueError:

@@ -110,6 +110,8 @@ def preload_job_modules() -> None:
     import plugin.admin_client  # noqa: F401
     import plugin.api_settings  # noqa: F401
     import plugin.tokens  # noqa: F401
+    import worker.batch_ingest  # noqa: F401
+    import worker.drain  # noqa: F401
     import worker.ingest  # noqa: F401
     import worker.steps  # noqa: F401
 

@@ -25,7 +25,7 @@ from plugin.connections import connect
 from plugin.settings import Settings
 from plugin.tokens import fresh_access_token
 
-from . import deliveries
+from . import deliveries, drain
 from .queues import ALL_QUEUES, BULK, DEFAULT, enqueue, get_queue
 
 log = logging.getLogger(__name__)
@@ -259,10 +259,13 @@ def cancel_scheduled_steps(conn: redis.Redis, shop: str) -> int:
 
 
 def cancel_shop_jobs(conn: redis.Redis, shop: str) -> int:
-    """Cancel every queued, scheduled or deferred job whose first argument is ``shop``.
+    """Cancel every queued, scheduled or deferred job whose first argument is ``shop``, and
+    drop the shop's ingest deliveries still pending for the drain (:mod:`worker.drain`), as
+    their per-delivery jobs were once cancelled here.
 
     A job already running stops at its next Admin call: the shop is no longer active, so
-    :func:`plugin.tokens.fresh_access_token` raises :class:`ShopUnavailable`.
+    :func:`plugin.tokens.fresh_access_token` raises :class:`ShopUnavailable`; references a
+    running drain holds are applied, like a running ingest job.
     """
     current = get_current_job()
     own_id = current.id if current is not None else None
@@ -280,4 +283,5 @@ def cancel_shop_jobs(conn: redis.Redis, shop: str) -> int:
                 continue
             job.cancel()
             cancelled += 1
+    cancelled += len(drain.remove_refs(conn, lambda ref: ref[0] != shop))
     return cancelled

@@ -1,8 +1,9 @@
 """Raw webhook deliveries kept in Redis until a worker has applied them, and the dead-letter list.
 
 The receiver stores the raw body and its headers under ``kizuna:{shop}:delivery:{webhook_id}``
-and enqueues only ``(shop, topic, webhook_id)``: no big body and no secret travels in a job's
-arguments, and a job that fails leaves the delivery in place to be replayed.
+and queues only ``(shop, topic, webhook_id)`` — for ingest topics on the pending list that the
+drain job empties (:mod:`worker.drain`), for the others as an RQ job: no big body and no secret
+travels in a job's arguments, and a job that fails leaves the delivery in place to be replayed.
 
 A delivery a worker cannot use (malformed JSON, a payload the domain refuses, a resource that
 belongs to another shop) is moved to the dead-letter list: its raw copy is kept for
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 import redis
 from redis.client import Pipeline
 
@@ -103,16 +105,18 @@ class DeadLetter:
     size: int
 
 
-def _mapping(d: Delivery) -> dict[str, str | bytes]:
+def fields(d: Delivery) -> dict[str, str | bytes]:
+    """The fields of the delivery hash (:func:`store` writes them; so does the receiver's
+    script in :mod:`worker.drain`)."""
     return {
         "topic": d.topic,
         "body": d.body,
-        "headers": json.dumps(d.headers, separators=(",", ":")),
+        "headers": orjson.dumps(d.headers),  # compact JSON, as json.dumps(…, separators)
         "received_at": d.received_at.isoformat() if d.received_at else "",
     }
 
 
-def _from_hash(shop: str, webhook_id: str, raw: dict[bytes, bytes]) -> Delivery | None:
+def from_hash(shop: str, webhook_id: str, raw: dict[bytes, bytes]) -> Delivery | None:
     if not raw or b"body" not in raw:
         return None
     received = raw.get(b"received_at")
@@ -129,13 +133,13 @@ def _from_hash(shop: str, webhook_id: str, raw: dict[bytes, bytes]) -> Delivery 
 def store(pipe: Pipeline | redis.Redis, d: Delivery) -> None:
     """Write the raw delivery (expires after :data:`DELIVERY_TTL`)."""
     key = delivery_key(d.shop, d.webhook_id)
-    pipe.hset(key, mapping=_mapping(d))  # type: ignore[arg-type]
+    pipe.hset(key, mapping=fields(d))  # type: ignore[arg-type]
     pipe.expire(key, DELIVERY_TTL)
 
 
 def load(conn: redis.Redis | Pipeline, shop: str, webhook_id: str) -> Delivery | None:
     raw = conn.hgetall(delivery_key(shop, webhook_id))
-    return _from_hash(shop, webhook_id, raw)  # type: ignore[arg-type]
+    return from_hash(shop, webhook_id, raw)  # type: ignore[arg-type]
 
 
 def delete(pipe: Pipeline | redis.Redis, shop: str, webhook_id: str) -> None:
@@ -152,7 +156,7 @@ def add_dead_letter(
 ) -> None:
     """Keep ``d`` for inspection and list it; the live delivery key is not touched."""
     key = dead_letter_key(d.shop, d.webhook_id)
-    mapping = _mapping(d)
+    mapping = fields(d)
     mapping["reason"] = reason[:500]
     mapping["field"] = field or ""
     mapping["at"] = at.isoformat()
@@ -203,7 +207,7 @@ def dead_letters(conn: redis.Redis, shop: str, start: int = 0, count: int = 50) 
 def load_dead_letter(conn: redis.Redis, shop: str, webhook_id: str) -> Delivery | None:
     """The raw copy of one dead letter, while it is kept."""
     raw = conn.hgetall(dead_letter_key(shop, webhook_id))
-    return _from_hash(shop, webhook_id, raw)  # type: ignore[arg-type]
+    return from_hash(shop, webhook_id, raw)  # type: ignore[arg-type]
 
 
 def replay(conn: redis.Redis, shop: str, webhook_id: str) -> bool:

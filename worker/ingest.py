@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 OWNER_BUCKETS = 1024
 PENDING_TTL = 30 * 24 * 3600
+_PLAIN_HOST = re.compile(r"[a-z0-9][a-z0-9.-]*")  # a host name urlsplit gives back as is
 DELETED_VERSION = "~"  # sorts after every ISO time: a deleted guest order stays deleted
 
 
@@ -92,15 +94,18 @@ def process_delivery(shop: str, topic: str, webhook_id: str) -> str:
     if job is None:
         raise RuntimeError("process_delivery runs inside an RQ worker")
     conn = job.connection
-    return ingest(conn, shop, topic, webhook_id, now=_clock(conn).now())
+    return ingest(conn, shop, topic, webhook_id, now=clock_for(conn).now())
 
 
-def _clock(conn: redis.Redis) -> Any:
+def clock_for(conn: redis.Redis) -> Any:
     """The development clock when the settings ask for it (``kizuna clock``), else real time."""
     from plugin.clock import DevClock, SystemClock
     from plugin.settings import Settings
 
     return DevClock(conn) if Settings.from_env().dev_clock else SystemClock()
+
+
+_clock = clock_for  # the former name, until worker/drain.py imports clock_for
 
 
 def ingest(conn: redis.Redis, shop: str, topic: str, webhook_id: str, *, now: datetime) -> str:
@@ -111,7 +116,7 @@ def ingest(conn: redis.Redis, shop: str, topic: str, webhook_id: str, *, now: da
     extra = {"shop": shop, "topic": topic}
     try:
         payload = delivery.json()
-        event = events.parse(topic, payload, triggered_at=_triggered_at(delivery.headers))
+        event = events.parse(topic, payload, triggered_at=triggered_at(delivery.headers))
     except ValidationError as exc:
         deliveries.move_to_dead_letters(conn, delivery, str(exc), at=now, field=exc.field)
         log.info("webhook refused: %s", exc, extra=extra)
@@ -119,7 +124,7 @@ def ingest(conn: redis.Redis, shop: str, topic: str, webhook_id: str, *, now: da
     except ValueError as exc:  # malformed JSON (the receiver files most of these itself)
         deliveries.move_to_dead_letters(conn, delivery, f"malformed JSON: {exc}", at=now)
         return "dead-lettered"
-    if not (event.touches_profiles or isinstance(event, CustomersMerged | OrderUpserted)):
+    if not handled(event):
         reason = f"{topic} is not handled by the ingest job"
         deliveries.move_to_dead_letters(conn, delivery, reason, at=now, field="topic")
         return "dead-lettered"
@@ -169,7 +174,13 @@ def thresholds_for(conn: redis.Redis, shop: str) -> Thresholds:
     return Thresholds.for_currency(currency or None)
 
 
-def _triggered_at(headers: Mapping[str, str]) -> datetime | None:
+def handled(event: Event) -> bool:
+    """Whether the ingest job applies this kind of event (others are dead-lettered)."""
+    return event.touches_profiles or isinstance(event, CustomersMerged | OrderUpserted)
+
+
+def triggered_at(headers: Mapping[str, str]) -> datetime | None:
+    """The ``X-Shopify-Triggered-At`` header of a delivery, or None if absent or malformed."""
     raw = headers.get("X-Shopify-Triggered-At")
     if not raw:
         return None
@@ -182,26 +193,67 @@ def _triggered_at(headers: Mapping[str, str]) -> datetime | None:
 # --- ownership ---------------------------------------------------------------------------------
 
 
-def _foreign(conn: redis.Redis, shop: str, event: Event, payload: Any) -> str | None:
-    """The first resource of ``event`` owned by another shop, named (``order 12``), or None."""
-    if isinstance(event, OrderUpserted) and isinstance(payload, dict):
-        host = urlsplit(str(payload.get("order_status_url") or "")).hostname or ""
-        if host.endswith(".myshopify.com") and host != shop:
-            return f"order {event.order_id}"
+def status_url_of_another_shop(shop: str, event: Event, payload: Any) -> bool:
+    """An order whose signed ``order_status_url`` names another ``*.myshopify.com`` shop."""
+    if not (isinstance(event, OrderUpserted) and isinstance(payload, dict)):
+        return False
+    url = str(payload.get("order_status_url") or "")
+    if url.startswith(f"https://{shop}/") and _PLAIN_HOST.fullmatch(shop):
+        return False  # the shop's own URL (the common case) without parsing it
+    host = urlsplit(url).hostname or ""
+    return host.endswith(".myshopify.com") and host != shop
+
+
+def claims_of(event: Event) -> list[tuple[str, int]]:
+    """The resources a delivery of ``event`` claims for its shop: its orders, then customers."""
     claims: list[tuple[str, int]] = [("order", oid) for oid in event.order_ids]
     customers: Iterable[int] = event.customer_ids
     if isinstance(event, CustomersMerged):
         customers = (event.kept_id, event.deleted_id)
     claims += [("customer", cid) for cid in customers]
+    return claims
+
+
+# KEYS: the owner hash of each claim. ARGV: per claim, the resource id then the claiming shop.
+# HSETNX then HGET, claim by claim in order, as separate commands would: the first shop to
+# claim a resource owns it. Answers the owner of each claim. One round trip for any number.
+_CLAIM_SCRIPT = """
+local owners = {}
+for i = 1, #KEYS do
+  local field, shop = ARGV[2 * i - 1], ARGV[2 * i]
+  redis.call('HSETNX', KEYS[i], field, shop)
+  owners[i] = redis.call('HGET', KEYS[i], field)
+end
+return owners
+"""
+CLAIMS_PER_CALL = 2000  # bounds the work of one script call (Redis blocks while it runs)
+
+
+def claim_owners(conn: redis.Redis, claims: Sequence[tuple[str, str, int]]) -> list[str]:
+    """Claim each ``(shop, kind, id)`` in order for its shop; answer each resource's owner."""
+    script = conn.register_script(_CLAIM_SCRIPT)
+    owners: list[str] = []
+    for start in range(0, len(claims), CLAIMS_PER_CALL):
+        part = claims[start : start + CLAIMS_PER_CALL]
+        args: list[str] = []
+        for shop, _kind, rid in part:
+            args += (str(rid), shop)
+        answer: Any = script(keys=[owner_key(kind, rid) for _s, kind, rid in part], args=args)
+        owners += (o.decode() if isinstance(o, bytes) else str(o) for o in answer)
+    return owners
+
+
+def _foreign(conn: redis.Redis, shop: str, event: Event, payload: Any) -> str | None:
+    """The first resource of ``event`` owned by another shop, named (``order 12``), or None."""
+    if status_url_of_another_shop(shop, event, payload):
+        assert isinstance(event, OrderUpserted)
+        return f"order {event.order_id}"
+    claims = claims_of(event)
     if not claims:
         return None
-    with conn.pipeline(transaction=False) as pipe:
-        for kind, rid in claims:
-            pipe.hsetnx(owner_key(kind, rid), str(rid), shop)
-            pipe.hget(owner_key(kind, rid), str(rid))
-        answers = pipe.execute()
-    for (kind, rid), owner in zip(claims, answers[1::2], strict=True):
-        if owner is not None and owner.decode() != shop:
+    owners = claim_owners(conn, [(shop, kind, rid) for kind, rid in claims])
+    for (kind, rid), owner in zip(claims, owners, strict=True):
+        if owner != shop:
             return f"{kind} {rid}"
     return None
 
@@ -405,6 +457,18 @@ def _set_guest_order(
     )  # fmt: skip
 
 
+def count_guest_order(
+    pipe: Pipeline | redis.Redis, shop: str, event: OrderUpserted, *, deleted: bool = False
+) -> None:
+    """Record a guest order in the shop's stats (``deleted``: a parked deletion came first)."""
+    live = event.cancelled_at is None and not deleted
+    version = event.updated_at.isoformat() if event.updated_at else ""
+    _set_guest_order(
+        pipe, shop, event.order_id, DELETED_VERSION if deleted else version,
+        (event.currency, event.total) if live else None,
+    )  # fmt: skip
+
+
 def _guest_order(conn: redis.Redis, shop: str, event: OrderUpserted, *, done: Any) -> str:
     """Count a guest order in the shop's stats (a parked deletion wins over it)."""
     pending = pending_key(shop, event.order_id)
@@ -413,13 +477,8 @@ def _guest_order(conn: redis.Redis, shop: str, event: OrderUpserted, *, done: An
             try:
                 pipe.watch(pending)
                 deleted = any(isinstance(e, OrderDeleted) for e in _parked_events(pipe, pending))
-                live = event.cancelled_at is None and not deleted
-                version = event.updated_at.isoformat() if event.updated_at else ""
                 pipe.multi()
-                _set_guest_order(
-                    pipe, shop, event.order_id, DELETED_VERSION if deleted else version,
-                    (event.currency, event.total) if live else None,
-                )  # fmt: skip
+                count_guest_order(pipe, shop, event, deleted=deleted)
                 pipe.delete(pending)
                 done(pipe)
                 pipe.execute()

@@ -14,9 +14,10 @@ handles all three; each is idempotent.
   dead letters) every field, member or element that names those ids or the email is removed;
   the ownership claims are released; and every RQ job of the shop (queued, scheduled, failed or
   finished; RQ keeps failed jobs a year) whose arguments name the customer, an order or a
-  removed delivery is deleted with its results.
-- **shop/redact**: every ``kizuna:{shop}:*`` key, the shop's RQ jobs and its entries in the
-  global sets and ownership claims.
+  removed delivery is deleted with its results, and so is such a delivery's reference pending
+  for the drain job (:mod:`worker.drain`).
+- **shop/redact**: every ``kizuna:{shop}:*`` key, the shop's RQ jobs, its pending ingest
+  references and its entries in the global sets and ownership claims.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from crm import events
 from crm.errors import ValidationError
 from crm.events import CustomerDataRequest, CustomerRedact, ShopRedact
 
-from . import deliveries, profile_store, search_index
+from . import deliveries, drain, profile_store, search_index
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,11 @@ def _names(args: list[Any], needle: _Needle, webhook_ids: set[str]) -> bool:
 
 
 def _delete_jobs(conn: redis.Redis, shop: str, report: Report, doomed: Any) -> None:
-    """Delete every RQ job whose first argument is ``shop`` and ``doomed(args)`` holds."""
+    """Delete every RQ job whose first argument is ``shop`` and ``doomed(args)`` holds, and
+    every pending ingest reference ``[shop, topic, webhook_id]`` (:mod:`worker.drain`) of which
+    it holds (the receiver queues those instead of a job per delivery)."""
+    removed = drain.remove_refs(conn, lambda ref: ref[0] != shop or not doomed(list(ref)))
+    report.jobs_deleted += len(removed)
     ids = [k.decode()[len("rq:job:") :] for k in conn.scan_iter("rq:job:*", count=1000)]
     ids = [i for i in ids if ":" not in i]  # job hashes only, not their dependents sets
     current = get_current_job()

@@ -2,13 +2,16 @@
 
 Keys (all under ``kizuna:{shop}:`` so that ``shop/redact`` can remove a shop by pattern):
 
-- ``profile:{customer_id}`` — the profile and the index keys it was filed under, packed (format
-  2, see "encoding" below; format 1, zlib JSON of ``{"p": Profile.to_dict(), "k": [keys]}``,
-  is still read and is rewritten at the customer's next change); the index keys travel with
-  the profile, so a save removes exactly the memberships that no longer hold;
-- ``idx:{key}`` — a set of customer ids per list (``idx:all``, ``idx:segment:loyal``,
-  ``idx:bday:03``, ``idx:product:123``…; keys from :func:`crm.segments.index_keys`);
-- ``indexes`` — the set of list keys in use, so counts never scan customers;
+- ``profile:{customer_id}`` — the profile and the index keys it was filed under, packed
+  (format 4, see :mod:`worker.profile_codec`; formats 1 and 2 are still read and rewritten at
+  the customer's next change); the index keys travel with the profile, so a save removes
+  exactly the memberships that no longer hold;
+- ``idx:{key}``, ``idx:{key}#{n}`` — the customer ids of each list (``idx:all``,
+  ``idx:segment:loyal``, ``idx:bday:03``, ``idx:product:123``…; keys from
+  :func:`crm.segments.index_keys`) in buckets small enough to stay intsets, with
+  ``list-buckets``, ``list-sizes`` and ``indexes`` (the lists in use, so counts never scan
+  customers): see :mod:`worker.list_index`;
+- ``search:{bound}``, ``search-dir`` — the search index (:mod:`worker.search_index`);
 - ``order-customer`` — hash order id → customer id (``orders/delete`` and fulfillments name
   only the order);
 - ``last-order`` — sorted set of customer ids scored by their last live order (epoch seconds),
@@ -27,25 +30,30 @@ either.
 from __future__ import annotations
 
 import csv
-import functools
-import json
-import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any, TextIO
 
-import orjson
 import redis
 from redis.client import Pipeline
 
-from crm.errors import ValidationError
-from crm.events import LineItem, birth_date
-from crm.money import normalize
-from crm.profile import BIRTH_DATE_METAFIELD, OrderRecord, Profile
+from crm.profile import Profile
 from crm.segments import DEFAULT_THRESHOLDS, Thresholds, index_keys
 
-from . import search_index
+from . import list_index, search_index
+from .list_index import index_key, indexes_key  # noqa: F401 (re-exported)
+from .profile_codec import (  # noqa: F401 (the store's encoding, re-exported for its callers)
+    FORMAT_2,
+    FORMAT_2_BIG,
+    FORMAT_4,
+    FORMAT_4_BIG,
+    ZDICT_2,
+    decode,
+    encode,
+    encode_v1,
+    encode_v2,
+)
 
 ALL = "all"
 MAX_ATTEMPTS = 50  # optimistic retries before giving up (RQ then retries the job)
@@ -57,14 +65,6 @@ def profile_key(shop: str, customer_id: int) -> str:
     return f"kizuna:{shop}:profile:{customer_id}"
 
 
-def index_key(shop: str, key: str) -> str:
-    return f"kizuna:{shop}:idx:{key}"
-
-
-def indexes_key(shop: str) -> str:
-    return f"kizuna:{shop}:indexes"
-
-
 def order_customer_key(shop: str) -> str:
     return f"kizuna:{shop}:order-customer"
 
@@ -73,264 +73,7 @@ def last_order_key(shop: str) -> str:
     return f"kizuna:{shop}:last-order"
 
 
-# --- encoding ----------------------------------------------------------------------------------
-#
-# Format 2 (written): ``b"\x02"`` + raw deflate, primed with :data:`ZDICT_2`, of the orjson of
-# a positional array (see :func:`_pack`); ``b"\x03"`` for the same array in stdlib JSON when it
-# holds an integer orjson cannot write (beyond 64 bits).
-# Format 1 (still read): zlib(JSON ``{"p": Profile.to_dict(), "k": [index keys]}``); a zlib
-# stream starts with ``0x78``, so the first byte tells the two apart. Format 2 drops what zlib
-# cannot squeeze out of a small document: field names (positions instead), ISO times (epoch
-# seconds; an order's other times relative to its creation), one version string per register
-# (registers grouped by version), whole amounts as integers.
-
-FORMAT_2 = b"\x02"
-FORMAT_2_BIG = b"\x03"  # the same array in the standard library's JSON: integers beyond 64 bits
-#: Deflate's preset dictionary for format 2: strings most profiles hold, so that a small
-#: document does not pay for their first occurrence. Part of the format: never change it
-#: (a new dictionary is a new format byte).
-ZDICT_2 = (
-    b'"PENDING","UNSUBSCRIBED","NOT_SUBSCRIBED","SUBSCRIBED","JPY","USD","EUR","all",'
-    b'"bday:","consent:NOT_SUBSCRIBED","consent:SUBSCRIBED","product:","rfm:","segment:new",'
-    b'"segment:loyal","segment:dormant","segment:churned","segment:prospect","segment:repeat",'
-    b'"shopify_rfm:","signup:20","facts.birth_date",@example.com","@gmail.com","#1'
-)
-
-# Positions are the stored format: only ever append to these tuples.
-_STRINGS = (
-    "email", "first_name", "last_name", "phone", "email_marketing_state", "city", "province",
-    "province_code", "country_code", "zip", "shopify_currency", "shopify_rfm_group",
-    "shopify_predicted_spend_tier",
-)  # fmt: skip
-_REGISTERS = (
-    *_STRINGS, "created_at", "shopify_order_count", "shopify_amount_spent",
-    "shopify_last_order_id", f"mf:{BIRTH_DATE_METAFIELD}",
-)  # fmt: skip
-_REGISTER_CODE = {name: i for i, name in enumerate(_REGISTERS)}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _time(moment: datetime | None, base: int = 0) -> Any:
-    """Epoch seconds minus ``base``; ``[seconds, microseconds]`` when it has microseconds."""
-    if moment is None:
-        return None
-    delta = moment - _EPOCH
-    seconds = delta.days * 86400 + delta.seconds - base
-    return [seconds, delta.microseconds] if delta.microseconds else seconds
-
-
-def _untime(code: Any, base: int = 0) -> datetime | None:
-    if code is None:
-        return None
-    if isinstance(code, list):
-        moment = datetime.fromtimestamp(int(code[0]) + base, UTC)
-        return moment.replace(microsecond=int(code[1]))
-    return datetime.fromtimestamp(int(code) + base, UTC)
-
-
-@functools.lru_cache(maxsize=65536)
-def _version_code(version: str) -> Any:
-    """A register version (UTC ISO time) as :func:`_time` when that gives the same string back;
-    any other version string as itself."""
-    try:
-        moment = datetime.fromisoformat(version)
-    except ValueError:
-        return version
-    if moment.tzinfo is None:
-        return version
-    code = _time(moment)
-    return code if _unversion(code) == version else version
-
-
-def _unversion(code: Any) -> str:
-    if isinstance(code, str):
-        return code
-    if isinstance(code, int):
-        return _unversion_seconds(code)
-    moment = _untime(code)
-    assert moment is not None
-    return moment.isoformat()
-
-
-@functools.lru_cache(maxsize=65536)
-def _unversion_seconds(code: int) -> str:
-    return datetime.fromtimestamp(code, UTC).isoformat()
-
-
-def _money(amount: Decimal) -> Any:
-    """A whole amount with two decimals (the common case) as an int, else its string."""
-    if amount.as_tuple().exponent == -2 and amount == amount.to_integral_value():
-        return int(amount)
-    return str(amount)
-
-
-@functools.lru_cache(maxsize=4096)
-def _unmoney(code: int | str) -> Decimal:
-    return normalize(Decimal(code))
-
-
-def _trim(items: list[Any]) -> list[Any]:
-    """Drop trailing ``None`` s (decoding reads a missing position as ``None``)."""
-    while items and items[-1] is None:
-        items.pop()
-    return items
-
-
-def _pad(items: list[Any] | None, size: int) -> list[Any]:
-    """``items`` with the trailing ``None`` s :func:`_trim` dropped put back."""
-    items = items or []
-    return items + [None] * (size - len(items)) if len(items) < size else items
-
-
-def _pack_order(order: OrderRecord) -> list[Any]:
-    base = _time(order.created_at)
-    rel = 0 if base is None else int(base[0] if isinstance(base, list) else base)
-    items = [
-        _trim([i.product_id, i.variant_id, i.quantity, i.title, i.sku]) for i in order.line_items
-    ]
-    return _trim([
-        order.id, order.name, base, _time(order.paid_at, rel), _time(order.cancelled_at, rel),
-        _time(order.updated_at, rel), _money(order.total), order.currency, items or None,
-        list(order.discount_codes) or None, _time(order.first_fulfilled_at, rel),
-        1 if order.deleted else None,
-    ])  # fmt: skip
-
-
-def _unpack_order(data: list[Any]) -> OrderRecord:
-    oid, name, base, paid, cancelled, updated, total, currency, items, codes, shipped, gone = _pad(
-        data, 12
-    )
-    rel = 0 if base is None else int(base[0] if isinstance(base, list) else base)
-    return OrderRecord(
-        id=int(oid),
-        name=name,
-        created_at=_untime(base),
-        paid_at=None if paid is None else _untime(paid, rel),
-        cancelled_at=None if cancelled is None else _untime(cancelled, rel),
-        updated_at=None if updated is None else _untime(updated, rel),
-        total=_unmoney(total or 0),
-        currency=str(currency or "XXX"),
-        line_items=tuple(_line_item(*i) for i in items or ()),
-        discount_codes=tuple(str(c) for c in codes or ()),
-        first_fulfilled_at=None if shipped is None else _untime(shipped, rel),
-        deleted=bool(gone),
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _line_item(
-    product: int | None,
-    variant: int | None,
-    quantity: int,
-    title: str | None = None,
-    sku: str | None = None,
-) -> LineItem:
-    """A line item (immutable, and the same few recur in every order: cached)."""
-    return LineItem(product_id=product, variant_id=variant, quantity=int(quantity), title=title,
-                    sku=sku)  # fmt: skip
-
-
-def _pack(profile: Profile, keys: Iterable[str]) -> list[Any]:
-    """The profile as a positional array (see :func:`_unpack` for the positions)."""
-    p = profile
-    by_version: dict[str, list[Any]] = {}
-    for register, version in sorted(p.versions.items()):
-        by_version.setdefault(version, []).append(_REGISTER_CODE.get(register, register))
-    versions = [[_version_code(v), *regs] for v, regs in by_version.items()]
-    mf_birth = birth_date(p.metafields.get(BIRTH_DATE_METAFIELD))
-    numbers = _trim([
-        p.shopify_order_count,
-        None if p.shopify_amount_spent is None else _money(p.shopify_amount_spent),
-        p.shopify_last_order_id, p.merged_into,
-    ])  # fmt: skip
-    return _trim([
-        p.customer_id,
-        _trim([getattr(p, name) for name in _STRINGS]) or None,
-        _time(p.created_at),
-        0 if p.birth_date == mf_birth else (p.birth_date and p.birth_date.isoformat()),
-        numbers or None,
-        list(p.tags) or None,
-        dict(p.metafields) or None,
-        versions or None,
-        None if p.tag_snapshot is None
-        else [_version_code(p.tag_snapshot[0]), list(p.tag_snapshot[1])],
-        {t: [_version_code(v), int(on)] for t, (v, on) in p.tag_changes.items()} or None,
-        1 if p.deleted else None,
-        list(p.merged_from) or None,
-        [_pack_order(p.orders[oid]) for oid in sorted(p.orders)] or None,
-        sorted(keys) or None,
-    ])  # fmt: skip
-
-
-def _unpack(doc: list[Any]) -> tuple[Profile, frozenset[str]]:
-    (cid, strings, created, birth, numbers, tags, metafields, groups, snapshot, changes,
-     deleted, merged_from, orders, keys) = _pad(doc, 14)  # fmt: skip
-    versions: dict[str, str] = {}
-    for group in groups or ():
-        version = _unversion(group[0])
-        for reg in group[1:]:
-            versions[_REGISTERS[reg] if isinstance(reg, int) else str(reg)] = version
-    metafields = {str(k): str(v) for k, v in (metafields or {}).items()}
-    count, amount, last_order, merged_into = _pad(numbers, 4)
-    profile = Profile(
-        customer_id=int(cid),
-        created_at=_untime(created),
-        birth_date=birth_date(metafields.get(BIRTH_DATE_METAFIELD))
-        if birth == 0
-        else (None if birth is None else date.fromisoformat(birth)),
-        shopify_order_count=count,
-        shopify_amount_spent=None if amount is None else _unmoney(amount),
-        shopify_last_order_id=last_order,
-        merged_into=merged_into,
-        tags=tuple(tags or ()),
-        metafields=metafields,
-        versions=versions,
-        tag_snapshot=None
-        if snapshot is None
-        else (_unversion(snapshot[0]), tuple(str(t) for t in snapshot[1])),
-        tag_changes={str(t): (_unversion(v), bool(on)) for t, (v, on) in (changes or {}).items()},
-        deleted=bool(deleted),
-        merged_from=tuple(int(i) for i in merged_from or ()),
-        orders={int(o[0]): _unpack_order(o) for o in orders or ()},
-    )
-    for name, value in zip(_STRINGS, strings or (), strict=False):
-        setattr(profile, name, value)
-    return profile, frozenset(str(k) for k in keys or ())
-
-
-def encode(profile: Profile, keys: Iterable[str]) -> bytes:
-    """The stored form of a profile and the list keys it is filed under (format 2)."""
-    doc = _pack(profile, keys)
-    try:
-        head, raw = FORMAT_2, orjson.dumps(doc)
-    except TypeError:  # an integer beyond 64 bits (not a Shopify id, but storable all the same)
-        head, raw = FORMAT_2_BIG, json.dumps(doc, separators=(",", ":")).encode()
-    deflate = zlib.compressobj(6, zlib.DEFLATED, -15, 8, zdict=ZDICT_2)
-    return head + deflate.compress(raw) + deflate.flush()
-
-
-def decode(blob: bytes) -> tuple[Profile, frozenset[str]]:
-    """The profile and the index keys it is filed under (either format); ``ValidationError``
-    if corrupt."""
-    try:
-        if blob[:1] in (FORMAT_2, FORMAT_2_BIG):
-            inflate = zlib.decompressobj(-15, zdict=ZDICT_2)
-            raw = inflate.decompress(blob[1:]) + inflate.flush()
-            if not inflate.eof:
-                raise ValueError("the packed profile is cut short")
-            return _unpack(orjson.loads(raw) if blob[:1] == FORMAT_2 else json.loads(raw))
-        doc = json.loads(zlib.decompress(blob))
-        data, keys = doc["p"], doc.get("k", [])
-    except (zlib.error, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            ArithmeticError) as exc:  # fmt: skip
-        raise ValidationError(f"stored profile is corrupt: {exc}", field="profile") from None
-    return Profile.from_dict(data), frozenset(str(k) for k in keys)
-
-
-def encode_v1(profile: Profile, keys: Iterable[str]) -> bytes:
-    """The format written before format 2 (kept to test that old profiles still read)."""
-    doc = {"p": profile.to_dict(), "k": sorted(keys)}
-    return zlib.compress(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode(), 6)
+# --- encoding (see worker.profile_codec) ------------------------------------------------------
 
 
 def keys_for(profile: Profile, now: datetime, thresholds: Thresholds | None = None) -> set[str]:
@@ -368,45 +111,38 @@ def customer_for_order(conn: Reader, shop: str, order_id: int) -> int | None:
 
 
 def count(conn: redis.Redis, shop: str, key: str = ALL) -> int:
-    return int(conn.scard(index_key(shop, key)))
+    return list_index.count(conn, shop, key)
 
 
 def count_by_segment(conn: redis.Redis, shop: str) -> dict[str, int]:
     """Members per list key (``all``, ``segment:loyal``, ``bday:03``…), non-empty lists only.
 
-    One SCARD per list key: the cost grows with the number of lists, not of customers.
+    One SCARD per bucket of each list: the cost grows with the number of lists and buckets
+    (a few hundred members each), not with the number of memberships.
     """
-    names = sorted(n.decode() for n in conn.smembers(indexes_key(shop)))  # type: ignore[union-attr]
-    with conn.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.scard(index_key(shop, name))
-        sizes = pipe.execute()
-    return {name: int(size) for name, size in zip(names, sizes, strict=True) if size}
+    return list_index.counts(conn, shop)
 
 
 def members(
     conn: redis.Redis, shop: str, key: str, cursor: int = 0, count: int = 100
 ) -> tuple[int, list[int]]:
-    """One page of a list: ``(next_cursor, customer ids)``; the cursor is 0 when done.
-
-    SSCAN semantics: a page may hold a few more or fewer than ``count`` ids, and a customer who
-    stays in the list throughout is returned at least once.
-    """
-    next_cursor, ids = conn.sscan(index_key(shop, key), cursor=cursor, count=count)
-    return int(next_cursor), sorted(int(i) for i in ids)
+    """One page of a list: ``(next_cursor, customer ids)``; the cursor is 0 when done (see
+    :func:`worker.list_index.members`)."""
+    return list_index.members(conn, shop, key, cursor, count)
 
 
 def iter_members(conn: redis.Redis, shop: str, key: str, batch: int = 500) -> Iterator[int]:
-    seen: set[int] = set()
-    cursor = 0
-    while True:
-        cursor, ids = members(conn, shop, key, cursor, batch)
-        for cid in ids:
-            if cid not in seen:
-                seen.add(cid)
-                yield cid
-        if cursor == 0:
-            return
+    return list_index.iter_members(conn, shop, key, batch)
+
+
+def list_meta_keys(shop: str) -> list[str]:
+    """The keys that describe the lists (names in use, buckets, sizes), besides ``idx:*``."""
+    return list_index.drop_keys(shop)
+
+
+def in_lists(conn: redis.Redis, shop: str, keys: list[str], customer_ids: list[int]) -> list[bool]:
+    """For each customer, whether it is in every list of ``keys``."""
+    return list_index.contains(conn, shop, keys, customer_ids)
 
 
 # --- writes ------------------------------------------------------------------------------------
@@ -453,8 +189,10 @@ def save_many(
     *,
     now: datetime,
     thresholds: Thresholds | None = None,
+    written: dict[int, bytes] | None = None,
 ) -> dict[int, frozenset[str]]:
-    """Queue the writes of several profiles on ``pipe``; answer each one's list keys.
+    """Queue the writes of several profiles on ``pipe``; answer each one's list keys (and put
+    each one's stored bytes in ``written``, when given).
 
     ``entries`` are ``(profile, the list keys it was filed under, the stored profile it
     replaces or None)``. The writes are grouped: one ``MSET`` for the profiles and one command
@@ -473,7 +211,9 @@ def save_many(
         new = frozenset(keys_for(profile, now, thresholds))
         out[profile.customer_id] = new
         cid = str(profile.customer_id)
-        blobs[profile_key(shop, profile.customer_id)] = encode(profile, new)
+        blob = blobs[profile_key(shop, profile.customer_id)] = encode(profile, new)
+        if written is not None:
+            written[profile.customer_id] = blob
         for key in old - new:
             removed.setdefault(key, []).append(cid)
         for key in new - old:
@@ -490,12 +230,7 @@ def save_many(
             no_last.append(cid)
     if blobs:
         pipe.mset(blobs)
-    for key, cids in removed.items():
-        pipe.srem(index_key(shop, key), *cids)
-    for key, cids in added.items():
-        pipe.sadd(index_key(shop, key), *cids)
-    if added:
-        pipe.sadd(indexes_key(shop), *sorted(added))
+    list_index.queue_changes(pipe, shop, added, removed)
     if orders:
         pipe.hset(order_customer_key(shop), mapping=orders)
     if last:
@@ -518,14 +253,46 @@ def delete(conn: redis.Redis, shop: str, customer_id: int) -> bool:
                 pipe.multi()
                 pipe.delete(key)
                 pipe.zrem(last_order_key(shop), str(customer_id))
-                for k in keys:
-                    pipe.srem(index_key(shop, k), str(customer_id))
+                list_index.queue_changes(pipe, shop, {}, {k: [customer_id] for k in keys})
                 if profile.orders:
                     pipe.hdel(order_customer_key(shop), *(str(o) for o in profile.orders))
                 pipe.execute()
                 return True
             except redis.WatchError:
                 continue
+
+
+class ProfileCache:
+    """Profiles decoded or written lately, each with the stored bytes it stands for.
+
+    A profile read again whose stored bytes are exactly those is given back without decoding
+    (a backfill's orders pass reads most customers once per batch holding one of their
+    orders); any other bytes — another writer's — are decoded as usual. Holds at most
+    ``size`` profiles (least recently used go first); the profiles it gives are shared, so
+    whoever takes them must not change them in place.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[int, tuple[bytes, Profile, frozenset[str]]] = OrderedDict()
+
+    def decode(self, customer_id: int, blob: bytes) -> tuple[Profile, frozenset[str]]:
+        found = self._entries.get(customer_id)
+        if found is not None and found[0] == blob:
+            self._entries.move_to_end(customer_id)
+            self.hits += 1
+            return found[1], found[2]
+        self.misses += 1
+        profile, keys = decode(blob)
+        self.put(customer_id, blob, profile, keys)
+        return profile, keys
+
+    def put(self, customer_id: int, blob: bytes, profile: Profile, keys: frozenset[str]) -> None:
+        self._entries[customer_id] = (blob, profile, keys)
+        self._entries.move_to_end(customer_id)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
 
 
 Change = Callable[[dict[int, Profile | None], Pipeline], Mapping[int, Profile]]
@@ -541,6 +308,7 @@ def transact(
     thresholds: Thresholds | None = None,
     watch: Iterable[str] = (),
     also: Callable[[Pipeline], None] | None = None,
+    cache: ProfileCache | None = None,
 ) -> dict[int, Profile]:
     """Read ``customer_ids`` under WATCH, save what ``change`` returns, atomically.
 
@@ -548,8 +316,11 @@ def transact(
     ``watch`` keys), and answers the profiles to save; it may be called again if another
     writer got in first, so it must not write. ``also`` adds the caller's own writes to the
     same transaction (e.g. deleting the processed raw delivery). The profiles are read with
-    one ``MGET`` and written with :func:`save_many`, however many there are.
+    one ``MGET`` and written with :func:`save_many`, however many there are. With a
+    ``cache``, a stored profile read again unchanged is not decoded again (``change`` must
+    then leave the profiles it is given as they are, as :func:`crm.profile.apply` does).
     """
+    read = cache.decode if cache is not None else (lambda _cid, blob: decode(blob))
     ids = sorted(set(customer_ids))
     keys = [profile_key(shop, cid) for cid in ids] + list(watch)
     with conn.pipeline(transaction=True) as pipe:
@@ -559,7 +330,7 @@ def transact(
                     pipe.watch(*keys)
                 blobs: list[Any] = pipe.mget(keys[: len(ids)]) if ids else []
                 entries = {
-                    cid: (None, frozenset()) if blob is None else decode(blob)
+                    cid: (None, frozenset()) if blob is None else read(cid, blob)
                     for cid, blob in zip(ids, blobs, strict=True)
                 }  # fmt: skip
                 result = dict(change({cid: entry[0] for cid, entry in entries.items()}, pipe))
@@ -567,11 +338,16 @@ def transact(
                     raise ValueError("transact: change returned a profile it was not given")
                 pipe.multi()
                 saved = [(p, entries[cid][1], entries[cid][0]) for cid, p in result.items()]
-                save_many(pipe, shop, saved, now=now, thresholds=thresholds)
+                written: dict[int, bytes] = {}
+                keys_now = save_many(pipe, shop, saved, now=now, thresholds=thresholds,
+                                     written=written)  # fmt: skip
                 search_index.update_many(pipe, shop, [(before, p) for p, _, before in saved])
                 if also is not None:
                     also(pipe)
                 pipe.execute()
+                if cache is not None:
+                    for cid, blob in written.items():
+                        cache.put(cid, blob, result[cid], keys_now[cid])
                 return result
             except redis.WatchError:
                 pipe.reset()

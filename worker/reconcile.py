@@ -169,10 +169,10 @@ def rebuild(ctx: Any, shop: str) -> dict[str, Any] | str:
             for key in conn.scan_iter(f"kizuna:{shop}:{pattern}", count=1000):
                 pipe.delete(key)
         pipe.delete(
-            profile_store.indexes_key(shop),
+            *profile_store.list_meta_keys(shop),
+            *search_index.drop_keys(conn, shop),
             profile_store.order_customer_key(shop),
             profile_store.last_order_key(shop),
-            search_index.search_key(shop),
             state_key(shop),
         )
         pipe.execute()

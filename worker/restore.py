@@ -30,9 +30,7 @@ from typing import Any
 
 from crm.coupons import coupon_code
 from crm.decisions import Decision
-from crm.enrolment import Enrolment, ShopRules, customer_gid
-from crm.enrolment import _plan as plan_of  # the same step times the engine computes
-from crm.enrolment import _trigger as trigger_of  # the cycle the customer is in now
+from crm.enrolment import Enrolment, ShopRules, customer_gid, qualifying_cycle, step_times
 from crm.profile import Profile
 from crm.sequence import Sequence
 
@@ -70,10 +68,10 @@ def restored(
     index = tagged_step(seq, profile.tags)
     if index is None:
         return None
-    entry = trigger_of(profile, seq, now, rules, segments, None)
+    entry = qualifying_cycle(profile, seq, now, rules, segments, None)  # the cycle now
     if entry is None:
         return None
-    plan = plan_of(seq, entry.anchor_at, rules.timezone)
+    plan = step_times(seq, entry.anchor_at, rules.timezone)  # as the engine computes them
     if plan[index] > now:
         return None  # the tag is from an earlier cycle: this cycle's step is not due yet
     cid = profile.customer_id

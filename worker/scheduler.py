@@ -21,6 +21,8 @@ Run it every minute (``kizuna scheduler``, or ``kizuna tick`` from cron). Per ti
    mutations instead (:func:`worker.steps.create_batch`).
 
 A shop that is not installed is postponed for an hour without claiming anything.
+
+Each tick also sweeps the ingest drain (:func:`worker.drain.sweep`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import redis
 
 from plugin.shops import shop_handle, shop_key
 
-from . import enrolment_store, steps
+from . import drain, enrolment_store, steps
 from .queues import STEPS, default_retry, get_queue
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,9 @@ def tick(
             _dispatch(conn, shop, claimed, now, bulk_threshold, result, chunk_min, chunk_size)
     if result.claimed:
         log.info("%s", result)
+    # Ingest deliveries of a drain that died go back to the pending list, and a drain is
+    # enqueued if deliveries wait with none to run (worker/drain.py).
+    drain.sweep(conn, now)
     return result
 
 

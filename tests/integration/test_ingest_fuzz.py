@@ -180,8 +180,7 @@ def test_fuzzed_bodies_never_500_nor_corrupt_a_profile(
         profiles += 1
         assert Profile.from_dict(profile.to_dict()).to_dict() == profile.to_dict()
         assert keys == profile_store.keys_for(profile, NOW, thresholds)
-        for k in keys:
-            assert conn.sismember(profile_store.index_key(SHOP, k), profile.customer_id)
+        assert all(profile_store.in_lists(conn, SHOP, [k], [profile.customer_id])[0] for k in keys)
     for name in profile_store.count_by_segment(conn, SHOP):
         for cid in profile_store.iter_members(conn, SHOP, name):
             loaded = profile_store.load(conn, SHOP, cid)

@@ -222,23 +222,28 @@ def unusual(cid: int) -> Profile:
 )
 def test_the_packed_format_gives_back_every_field(profile: Profile) -> None:
     """Encoding then decoding gives an equal profile (every field, register and order) and the
-    same list keys; the old format of the same profile reads back equal too. Must not: lose a
-    microsecond, a register version, a stub order or a deleted one."""
+    same list keys; the older formats of the same profile read back equal too. Must not: lose
+    a microsecond, a register version, a stub order or a deleted one."""
     keys = {"all", "segment:new", "bday:03"}
     blob = profile_store.encode(profile, keys)
-    assert blob[:1] == profile_store.FORMAT_2
+    assert blob[:1] == profile_store.FORMAT_4
     back, back_keys = profile_store.decode(blob)
     assert back == profile and back.to_dict() == profile.to_dict() and back_keys == keys
-    old, old_keys = profile_store.decode(profile_store.encode_v1(profile, keys))
-    assert old == profile and old_keys == keys
+    for older in (profile_store.encode_v2, profile_store.encode_v1):
+        old, old_keys = profile_store.decode(older(profile, keys))
+        assert old == profile and old_keys == keys
 
 
-def test_a_profile_in_the_old_format_is_read_and_rewritten_in_the_new(conn: redis.Redis) -> None:
-    """A profile stored by the previous version (zlib JSON) loads, keeps its lists, and the next
-    change through the store's transaction writes it in the packed format, smaller."""
+@pytest.mark.parametrize("older", ["v1", "v2"])
+def test_a_profile_in_an_old_format_is_read_and_rewritten_in_the_new(
+    conn: redis.Redis, older: str
+) -> None:
+    """A profile stored by a previous version (format 1, zlib JSON; format 2, deflated array)
+    loads, keeps its lists, and the next change through the store's transaction writes it in
+    format 4, smaller."""
     p = customer(1, orders=3, tags=("vip",))
     keys = profile_store.save(conn, SHOP, p, now=NOW)
-    old_blob = profile_store.encode_v1(p, keys)
+    old_blob = getattr(profile_store, f"encode_{older}")(p, keys)
     conn.set(profile_store.profile_key(SHOP, 1), old_blob)
     assert profile_store.load(conn, SHOP, 1) == p
 
@@ -251,7 +256,7 @@ def test_a_profile_in_the_old_format_is_read_and_rewritten_in_the_new(conn: redi
 
     profile_store.transact(conn, SHOP, [1], add_tag, now=NOW)
     blob = conn.get(profile_store.profile_key(SHOP, 1))
-    assert isinstance(blob, bytes) and blob[:1] == profile_store.FORMAT_2
+    assert isinstance(blob, bytes) and blob[:1] == profile_store.FORMAT_4
     assert len(blob) < len(old_blob)
     loaded, loaded_keys = profile_store.load_entry(conn, SHOP, 1)
     assert loaded is not None and loaded.tags == ("vip", "new") and loaded_keys == keys
@@ -263,7 +268,14 @@ def test_a_truncated_packed_profile_is_reported(conn: redis.Redis) -> None:
     from crm.errors import ValidationError
 
     blob = profile_store.encode(customer(1, orders=2), {"all"})
-    for bad in (blob[: len(blob) // 2], profile_store.FORMAT_2 + b"\x00\x01"):
+    old = profile_store.encode_v2(customer(1, orders=2), {"all"})
+    for bad in (
+        blob[: len(blob) // 2],
+        old[: len(old) // 2],
+        profile_store.FORMAT_2 + b"\x00\x01",
+        profile_store.FORMAT_4 + b"\x00\x01",
+        profile_store.FORMAT_4 + blob[1:8] + b"\xff" * 40,
+    ):
         conn.set(profile_store.profile_key(SHOP, 1), bad)
         with pytest.raises(ValidationError):
             profile_store.load(conn, SHOP, 1)
@@ -295,7 +307,7 @@ def dump(conn: redis.Redis, shop: str) -> dict[str, object]:
     for raw in conn.scan_iter(match=prefix + "*", count=1000):
         key = raw.decode()[len(prefix) :]
         kind = conn.type(raw)
-        if key == "search":
+        if key.startswith("search"):
             continue
         if kind == b"string":
             out[key] = profile_store.decode(conn.get(raw))  # type: ignore[arg-type]
@@ -310,31 +322,82 @@ def dump(conn: redis.Redis, shop: str) -> dict[str, object]:
 
 def test_search_terms_are_fewer_but_find_the_same(conn: redis.Redis) -> None:
     """The index keeps email, last name, "first last" and order names without ``#``: a first
-    name, a full name, ``#1001`` and ``1001`` still find the customer. An index written by the
-    first version (first name alone, ``#1001``) keeps answering, and the customer's next change
-    removes its old terms. Must not: leave a stale term that finds the customer after a
-    rename."""
+    name, a full name, ``#1000`` and ``1000`` find the customer. Must not: leave a stale term
+    that finds the customer after a rename."""
     from worker import search_index
 
     p = customer(1, orders=1)
-    profile_store.save(conn, SHOP, p, now=NOW)  # stored, indexed the old way below
-    key = search_index.search_key(SHOP)
-    conn.zadd(key, {f"{t}{search_index.SEP}1": 0 for t in ("hana", "#1000", "1000")})
-    conn.zadd(key, {f"{t}{search_index.SEP}1": 0 for t in ("c1@example.com", "sato")})
-    conn.zadd(key, {f"hana sato{search_index.SEP}1": 0})
-    assert search_index.find(conn, SHOP, "#1000") == [1]
-
-    tagged = p.copy()
-    tagged.tags = ("vip",)
-    profile_store.transact(conn, SHOP, [1], lambda _p, _r: {1: tagged}, now=NOW)
+    profile_store.save(conn, SHOP, p, now=NOW)
+    search_index.update(conn, SHOP, None, p)
     for query in ("hana", "HANA SA", "sato", "#1000", "1000", "c1@"):
         assert search_index.find(conn, SHOP, query) == [1], query
-    stored: list[bytes] = conn.zrange(key, 0, -1)  # type: ignore[assignment]
-    members = {m.decode().split(search_index.SEP)[0] for m in stored}
-    assert members == {"c1@example.com", "sato", "hana sato", "1000"}
+    stored = [m for b in search_index._bounds(conn, SHOP)
+              for m in conn.zrange(search_index.bucket_key(SHOP, b), 0, -1)]  # fmt: skip
+    assert {m.partition(b"\x1f")[0].decode() for m in stored} == {
+        "c1@example.com", "sato", "hana sato", "1000"
+    }  # fmt: skip
 
-    renamed = tagged.copy()
+    renamed = p.copy()
     renamed.first_name = "Aoi"
     profile_store.transact(conn, SHOP, [1], lambda _p, _r: {1: renamed}, now=NOW)
     assert search_index.find(conn, SHOP, "hana") == []
     assert search_index.find(conn, SHOP, "aoi s") == [1]
+
+
+def test_an_index_of_the_previous_layout_is_still_read(conn: redis.Redis) -> None:
+    """An index written by the previous version (one sorted set of ``term\\x1fid``, with the
+    first version's first-name and ``#``-name terms) keeps answering, and a rename removes the
+    customer's stale terms from it. Must not: find the customer under the old name."""
+    from worker import search_index
+
+    p = customer(1, orders=1)
+    profile_store.save(conn, SHOP, p, now=NOW)
+    key = search_index.search_key(SHOP)
+    old_terms = ("hana", "#1000", "1000", "c1@example.com", "sato", "hana sato")
+    conn.zadd(key, {f"{t}{search_index.SEP}1": 0 for t in old_terms})
+    for query in ("#1000", "hana s", "c1@"):
+        assert search_index.find(conn, SHOP, query) == [1], query
+
+    renamed = p.copy()
+    renamed.first_name = "Aoi"
+    profile_store.transact(conn, SHOP, [1], lambda _p, _r: {1: renamed}, now=NOW)
+    assert search_index.find(conn, SHOP, "hana") == []
+    assert search_index.find(conn, SHOP, "aoi s") == [1]
+    assert search_index.find(conn, SHOP, "1000") == [1]
+    left = {m.decode().split(search_index.SEP)[0] for m in conn.zrange(key, 0, -1)}
+    assert left == {"1000", "c1@example.com", "sato"}
+
+
+def test_a_profile_cache_never_answers_a_profile_another_writer_changed(
+    conn: redis.Redis,
+) -> None:
+    """``transact`` with a cache takes a profile from it only when the stored bytes are those
+    it cached. Tried: another writer changes a cached customer between two transactions.
+    Must not: hand the stale cached profile to the change (which would undo the other
+    write)."""
+    cache = profile_store.ProfileCache(size=2)
+    seen: list[Profile | None] = []
+
+    def tag(name: str) -> profile_store.Change:
+        def change(profiles: dict[int, Profile | None], _: object) -> dict[int, Profile]:
+            seen.append(profiles[1])
+            current = profiles[1] or customer(1)
+            changed = current.copy()
+            changed.tags = (*current.tags, name)
+            return {1: changed}
+
+        return change
+
+    profile_store.transact(conn, SHOP, [1], tag("a"), now=NOW, cache=cache)
+    profile_store.transact(conn, SHOP, [1], tag("b"), now=NOW, cache=cache)
+    assert cache.hits == 1 and seen[1] is not None and seen[1].tags == ("a",)
+    profile_store.transact(conn, SHOP, [1], tag("other"), now=NOW)  # another writer
+    profile_store.transact(conn, SHOP, [1], tag("c"), now=NOW, cache=cache)
+    assert seen[3] is not None and seen[3].tags == ("a", "b", "other")
+    assert cache.misses == 1
+    loaded = profile_store.load(conn, SHOP, 1)
+    assert loaded is not None and loaded.tags == ("a", "b", "other", "c")
+    for cid in (2, 3, 4):
+        profile_store.transact(conn, SHOP, [cid], lambda _p, _r, c=cid: {c: customer(c)},
+                               now=NOW, cache=cache)  # fmt: skip
+    assert len(cache._entries) == 2

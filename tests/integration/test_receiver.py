@@ -35,7 +35,7 @@ from tests.integration.webhook_helpers import (
     sample,
 )
 from webhooks.verify import sign, verify
-from worker import deliveries
+from worker import deliveries, drain
 from worker.queues import WEBHOOKS
 
 
@@ -49,6 +49,9 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+PENDING = "pending"  # what queued() names an ingest delivery waiting for the drain job
+
+
 def queued_jobs(conn: redis.Redis) -> list[tuple[str, list[Any]]]:
     """(dotted path, args) of every job waiting on the webhooks queue."""
     queue = Queue(WEBHOOKS, connection=conn, serializer=JSONSerializer)
@@ -59,6 +62,19 @@ def queued_jobs(conn: redis.Redis) -> list[tuple[str, list[Any]]]:
         func, _, args, _ = json.loads(zlib.decompress(raw))
         out.append((func, args))
     return out
+
+
+def queued(conn: redis.Redis) -> list[tuple[str, list[Any]]]:
+    """Every delivery waiting to be applied: ingest references pending for the drain job
+    (``PENDING``), then the other jobs of the webhooks queue (the drain job itself left out).
+    A pending reference always has a drain job queued for it."""
+    refs = drain.pending(conn)
+    jobs = queued_jobs(conn)
+    drains = [args for func, args in jobs if func == drain.DRAIN_JOB]
+    assert len(drains) == (1 if refs else 0), jobs
+    return [(PENDING, list(ref)) for ref in refs] + [
+        (func, args) for func, args in jobs if func != drain.DRAIN_JOB
+    ]
 
 
 def test_signature_matches_shopifys_algorithm() -> None:
@@ -86,20 +102,18 @@ def test_a_signed_sample_is_stored_raw_and_queued(client: FlaskClient, conn: red
     assert "X-Shopify-Hmac-Sha256" not in stored.headers
     assert conn.ttl(deliveries.delivery_key(SHOP, "wh-1")) >= 72 * 3600
     assert conn.ttl(deliveries.claim_key(SHOP, "wh-1")) >= 72 * 3600
-    assert queued_jobs(conn) == [
-        ("worker.ingest.process_delivery", [SHOP, "orders/create", "wh-1"])
-    ]
+    assert queued(conn) == [(PENDING, [SHOP, "orders/create", "wh-1"])]
 
 
 @pytest.mark.parametrize(
     "topic, job",
     [
-        ("orders/paid", "worker.ingest.process_delivery"),
-        ("fulfillments/create", "worker.ingest.process_delivery"),
-        ("customers/update", "worker.ingest.process_delivery"),
-        ("customers_email_marketing_consent/update", "worker.ingest.process_delivery"),
-        ("customer.tags_added", "worker.ingest.process_delivery"),
-        ("customers/purchasing_summary", "worker.ingest.process_delivery"),
+        ("orders/paid", PENDING),
+        ("fulfillments/create", PENDING),
+        ("customers/update", PENDING),
+        ("customers_email_marketing_consent/update", PENDING),
+        ("customer.tags_added", PENDING),
+        ("customers/purchasing_summary", PENDING),
         ("app/scopes_update", "worker.app_events.process_delivery"),
         ("bulk_operations/finish", "worker.bulk.process_delivery"),
         ("customers/redact", "worker.privacy.process_delivery"),
@@ -113,7 +127,7 @@ def test_each_topic_family_goes_to_its_job(
     payload = {"id": 1, "shop_domain": SHOP}
     resp = post_webhook(client, topic, payload, webhook_id="w1")
     assert resp.status_code == 200, resp.text
-    assert queued_jobs(conn) == [(job, [SHOP, topic, "w1"])]
+    assert queued(conn) == [(job, [SHOP, topic, "w1"])]
 
 
 def test_every_route_in_app_toml_is_served(app: Flask) -> None:
@@ -185,7 +199,7 @@ def test_a_missing_webhook_id_is_refused(client: FlaskClient, conn: redis.Redis)
 
 
 def test_a_repeated_webhook_id_is_dropped(client: FlaskClient, conn: redis.Redis) -> None:
-    """Tried: the same delivery id three times. Must not: queue more than one job."""
+    """Tried: the same delivery id three times. Must not: queue it more than once."""
     install_shop(conn)
     install_shop(conn, OTHER_SHOP)
     payload = sample("customers/create")
@@ -194,14 +208,14 @@ def test_a_repeated_webhook_id_is_dropped(client: FlaskClient, conn: redis.Redis
         for _ in range(3)
     ]
     assert answers == [200, 200, 200]
-    assert len(queued_jobs(conn)) == 1
+    assert len(queued(conn)) == 1
     # The claim is per shop: the same id from another shop is its own delivery.
     post_webhook(client, "customers/create", payload, webhook_id="dup-1", shop=OTHER_SHOP)
-    assert len(queued_jobs(conn)) == 2
+    assert len(queued(conn)) == 2
 
 
 def test_concurrent_repeats_are_claimed_once(app: Flask, conn: redis.Redis) -> None:
-    """Tried: eight threads posting the same delivery id at once. Must not: queue two jobs."""
+    """Tried: eight threads posting the same delivery id at once. Must not: queue it twice."""
     install_shop(conn)
     payload = sample("customers/create")
     codes: list[int] = []
@@ -217,7 +231,7 @@ def test_concurrent_repeats_are_claimed_once(app: Flask, conn: redis.Redis) -> N
     for t in threads:
         t.join()
     assert codes == [200] * 8
-    assert len(queued_jobs(conn)) == 1
+    assert len(queued(conn)) == 1
 
 
 def test_malformed_json_with_a_valid_hmac_is_kept_and_answered_200(
@@ -230,7 +244,7 @@ def test_malformed_json_with_a_valid_hmac_is_kept_and_answered_200(
     for i, body in enumerate(bodies):
         resp = post_webhook(client, "orders/create", body, webhook_id=f"bad-{i}")
         assert resp.status_code == 200, resp.text
-    assert queued_jobs(conn) == []
+    assert queued(conn) == []
     letters = deliveries.dead_letters(conn, SHOP)
     assert [d.webhook_id for d in letters] == ["bad-3", "bad-2", "bad-1", "bad-0"]
     kept = deliveries.load_dead_letter(conn, SHOP, "bad-0")
@@ -330,9 +344,7 @@ def test_a_real_http_delivery_is_queued(live_server: str, conn: redis.Redis) -> 
         timeout=5,
     )
     assert resp.status_code == 200
-    assert queued_jobs(conn) == [
-        ("worker.ingest.process_delivery", [SHOP, "customers/create", "http-1"])
-    ]
+    assert queued(conn) == [(PENDING, [SHOP, "customers/create", "http-1"])]
 
 
 def _closed_port() -> int:
@@ -379,22 +391,65 @@ def test_a_full_redis_answers_503_and_leaves_no_claim(
         small_redis.set("probe", "1")
     client = create_app(settings, conn=small_redis, clock=clock).test_client()
     payload = sample("orders/create")
+    before = key_dump(small_redis)
     resp = post_webhook(client, "orders/create", payload, webhook_id="oom-1")
     assert resp.status_code == 503
     assert not small_redis.exists(deliveries.claim_key(SHOP, "oom-1"))
+    assert key_dump(small_redis) == before  # no copy, no pending reference, no flag, no job
     small_redis.config_set("maxmemory", "0")
     resp = post_webhook(client, "orders/create", payload, webhook_id="oom-1")
     assert resp.status_code == 200
     assert resp.text.strip() == "queued"
     assert deliveries.load(small_redis, SHOP, "oom-1") is not None
+    assert queued(small_redis) == [(PENDING, [SHOP, "orders/create", "oom-1"])]
+
+
+def test_a_read_only_redis_answers_503_and_writes_nothing(
+    settings: Settings, clock: FixedClock, small_redis: redis.Redis
+) -> None:
+    """Tried: signed deliveries (an order, a compliance topic) while the Redis is a read-only
+    replica (a failover in progress), then the order again once it is a primary. Must not:
+    answer 200, write a key, or drop the retry."""
+    install_shop(small_redis)
+    small_redis.replicaof("127.0.0.1", str(_closed_port()))  # replica-read-only by default
+    try:
+        with pytest.raises(redis.ReadOnlyError):
+            small_redis.set("probe", "1")
+        client = create_app(settings, conn=small_redis, clock=clock).test_client()
+        before = key_dump(small_redis)
+        order = post_webhook(client, "orders/create", sample("orders/create"), webhook_id="ro-1")
+        redact = post_webhook(client, "customers/redact", sample("customers/redact") | {
+            "shop_domain": SHOP}, webhook_id="ro-2")  # fmt: skip
+        assert (order.status_code, redact.status_code) == (503, 503)
+        assert key_dump(small_redis) == before
+    finally:
+        small_redis.replicaof("NO", "ONE")
+    resp = post_webhook(client, "orders/create", sample("orders/create"), webhook_id="ro-1")
+    assert resp.status_code == 200 and resp.text.strip() == "queued"
 
 
 def test_no_secret_or_body_travels_in_job_arguments(client: FlaskClient, conn: redis.Redis) -> None:
     install_shop(conn)
     wid = str(uuid.uuid4())
     post_webhook(client, "orders/create", sample("orders/create"), webhook_id=wid)
-    ((_, args),) = queued_jobs(conn)
+    ((_, args),) = queued(conn)
     assert args == [SHOP, "orders/create", wid]
     for key in conn.scan_iter("rq:job:*"):
         blob = json.dumps({k.decode(): repr(v) for k, v in conn.hgetall(key).items()})
         assert DEV_API_SECRET not in blob
+
+
+def test_a_redis_that_lost_its_scripts_still_queues(client: FlaskClient, conn: redis.Redis) -> None:
+    """Tried: a delivery after SCRIPT FLUSH (what a restarted Redis looks like to the receiver's
+    script). Must not: answer anything but 200 "queued", or store the delivery twice."""
+    install_shop(conn)
+    assert post_webhook(client, "orders/paid", {"id": 1}, webhook_id="s1").status_code == 200
+    conn.script_flush()
+    resp = post_webhook(client, "orders/paid", {"id": 2}, webhook_id="s2")
+    assert resp.status_code == 200 and resp.text.strip() == "queued"
+    again = post_webhook(client, "orders/paid", {"id": 2}, webhook_id="s2")
+    assert again.text.strip() == "duplicate"
+    assert queued(conn) == [
+        (PENDING, [SHOP, "orders/paid", "s1"]),
+        (PENDING, [SHOP, "orders/paid", "s2"]),
+    ]

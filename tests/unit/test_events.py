@@ -453,3 +453,48 @@ def test_fuzz_mutated_samples(
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation removed this path
     _assert_sound(topic, body)
+
+
+_EDGE_VALUES = [0, -1, 1_000_000, 1_000_001, 2**64 - 1, 2**64, True, 1.5, "", "  ", " 12 ",
+                "abc", "gid://shopify/Product/9", "１２", "7" * 25]  # fmt: skip
+_ODD_VALUES = st.one_of(
+    st.sampled_from(_EDGE_VALUES), st.none(), st.integers(min_value=-5, max_value=2**65),
+    st.text(max_size=8), st.floats(allow_nan=False), st.lists(st.integers(), max_size=2),
+)  # fmt: skip
+_LINE_ITEM_KEYS = ("current_quantity", "quantity", "product_id", "variant_id", "title", "name",
+                   "sku")  # fmt: skip
+_GOOD_LINE_ITEM = {"current_quantity": 1, "quantity": 2, "product_id": 7, "variant_id": 8,
+                   "title": " 錠剤 ", "name": " 名 ", "sku": " S-1 "}  # fmt: skip
+
+
+@st.composite
+def _line_items(draw: st.DrawFn) -> dict[str, Any]:
+    """A well-formed line item with a few fields changed to odd values or left out."""
+    item = dict(_GOOD_LINE_ITEM)
+    for key in draw(st.sets(st.sampled_from(_LINE_ITEM_KEYS), min_size=1, max_size=3)):
+        if draw(st.booleans()):
+            item[key] = draw(_ODD_VALUES)
+        else:
+            del item[key]
+    return item
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_line_items(), min_size=1, max_size=3))
+def test_line_items_read_the_same_whatever_mapping_holds_them(items: list[dict[str, Any]]) -> None:
+    """Tried: line items whose fields have every JSON type (and non-JSON floats, lists, huge
+    and negative numbers, blank and padded strings), once as the plain dicts a decoded payload
+    holds (the readers' fast path) and once as read-only mappings (the general path). Must not
+    happen: a different event, a different error or field named, or an error escaping as
+    anything but ``ValidationError``."""
+    from types import MappingProxyType
+
+    body = payloads.order(5, customer_id=7, created_at=datetime(2026, 1, 1, tzinfo=UTC))
+    outcomes = []
+    for wrap in (dict, MappingProxyType):
+        body["line_items"] = [wrap(item) for item in items]
+        try:
+            outcomes.append(events.parse("orders/create", body))
+        except ValidationError as exc:
+            outcomes.append((str(exc), exc.field))
+    assert outcomes[0] == outcomes[1]

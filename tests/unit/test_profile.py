@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -341,3 +342,69 @@ def test_from_dict_refuses_corrupt_data() -> None:
     for data in corrupt:
         with pytest.raises(ValidationError):
             Profile.from_dict(data)
+
+
+def _aggregates(profile: Profile) -> tuple[Any, ...]:
+    return (
+        profile.order_count, profile.total_spent, profile.currency, profile.first_order_at,
+        profile.last_order_at, profile.avg_order_interval_days, profile.products,
+        profile.product_ids, profile.discount_codes_used, [o.id for o in profile.live_orders],
+    )  # fmt: skip
+
+
+def _fresh(profile: Profile) -> tuple[Any, ...]:
+    """The aggregates of a profile that never computed them (no cache to be stale)."""
+    return _aggregates(roundtrip(profile))
+
+
+def test_derived_figures_follow_orders_changed_in_place() -> None:
+    """Tried: reading the aggregates (which caches the sorted live orders), then changing the
+    orders dict in place — popping an order (as ingest does for a moved order), replacing one
+    with a cancelled record, adding one, replacing one with an equal copy — and changing a
+    copy's orders. Must not happen: any aggregate still answering for the old orders, a copy
+    changing the original, or the cached list handed out to be mutated by a caller."""
+    body = payloads.order(1, customer_id=CID, created_at=T0, total="3000",
+                          items=[payloads.line_item(7, 2)], discount_codes=("A",))  # fmt: skip
+    profile = build(
+        ("orders/create", body),
+        ("orders/create", payloads.order(2, customer_id=CID, created_at=T0 + days(30))),
+        ("orders/create", payloads.order(3, customer_id=CID, created_at=T0 + days(90))),
+    )
+    assert profile.order_count == 3 and _aggregates(profile) == _fresh(profile)
+
+    profile.live_orders.clear()  # a caller's list, not the cache
+    assert profile.order_count == 3
+
+    twin = profile.copy()
+    twin.orders.pop(3)
+    assert twin.order_count == 2 and profile.order_count == 3
+    assert _aggregates(twin) == _fresh(twin) and _aggregates(profile) == _fresh(profile)
+
+    profile.orders.pop(1)
+    assert profile.order_count == 2 and profile.product_ids == {111}
+    assert _aggregates(profile) == _fresh(profile)
+
+    profile.orders[2] = replace(profile.orders[2], cancelled_at=T0 + days(31))
+    assert profile.order_count == 1 and profile.first_order_at == T0 + days(90)
+    assert _aggregates(profile) == _fresh(profile)
+
+    profile.orders[1] = twin.orders[1]
+    profile.orders[3] = replace(profile.orders[3])  # an equal record, another object
+    assert profile.order_count == 2 and profile.discount_codes_used == {"A"}
+    assert _aggregates(profile) == _fresh(profile)
+
+    profile.orders = {}
+    assert profile.order_count == 0 and profile.last_order_at is None
+
+
+def test_write_compares_values_only_on_a_version_tie() -> None:
+    """Tried: two customer payloads with the same ``updated_at`` and different names, in both
+    orders, and an older one after them. Must not happen: the result depending on the order,
+    or the older payload winning."""
+    first = payloads.customer(CID, updated_at=T0, first_name="Aki")
+    second = payloads.customer(CID, updated_at=T0, first_name="Yuki")
+    older = payloads.customer(CID, updated_at=T0 - days(1), first_name="Zen")
+    one = build(("customers/update", first), ("customers/update", second))
+    two = build(("customers/update", second), ("customers/update", first))
+    assert one == two and one.first_name == "Yuki"  # the tie goes to the greater value
+    assert build(("customers/update", older), start=one) == one
