@@ -100,8 +100,7 @@ def run() -> Iterator[Figure]:
             )  # fmt: skip
 
         rng = random.Random(3)
-        with server("ours", env) as webhook_url, requests.Session() as session:
-            base = webhook_url.removesuffix("/webhooks/orders")
+        with server(env) as base, requests.Session() as session:
             paths = {
                 "customer list": lambda: "/api/customers",
                 "profile": lambda: f"/api/customers/{FIRST_ID + rng.randrange(CUSTOMERS)}",

@@ -10,9 +10,9 @@ second and peak RSS.
 - ``backfill_rows_per_s``: JSONL lines merged per second; baseline: the same lines only
   ``json.loads``-ed, in this process.
 - ``profile_bytes``: ``used_memory`` growth over the backfill divided by the profiles stored —
-  everything a profile costs (the compressed profile, its list memberships, the order index,
-  search terms, ownership claims); baseline: the same profiles stored as plain JSON strings
-  (``Profile.to_dict()``), ``MEMORY USAGE`` averaged over a sample.
+  everything a profile costs (the compressed profile, its list memberships, the order index
+  buckets, search terms, ownership claims); baseline: the same profiles stored as plain JSON
+  strings (``Profile.to_dict()``), ``MEMORY USAGE`` averaged over a sample.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def bytes_by_kind(conn: redis.Redis, profiles: int) -> dict[str, float]:
         usage = pipe.execute()
     for name, size in zip(names, usage, strict=True):
         if name.startswith(prefix):
-            kind = name[len(prefix) :].split(":", 1)[0]
+            kind = name[len(prefix) :].split(":", 1)[0].split("#", 1)[0]  # buckets: one kind
             kind = KIND_OF.get(kind, kind)
         else:
             kind = ":".join(name.split(":")[:3])

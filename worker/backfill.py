@@ -45,6 +45,7 @@ from crm.segments import Thresholds
 from plugin import shops
 
 from . import profile_store
+from .ingest import SHOP_NUMBER_KEYS, SHOP_NUMBER_LUA, owner_key
 from .queues import BULK, default_retry, get_queue
 
 log = logging.getLogger(__name__)
@@ -475,26 +476,37 @@ def merge_groups(
     return next_line
 
 
-# KEYS: one owner hash per claim; ARGV: the shop, then each claim's field (the resource id).
-# Claims each resource for the shop unless another shop has it (HSETNX, as the ingest job does);
-# answers the positions (1-based) of the claims another shop holds. One round trip per batch.
-_CLAIM_SCRIPT = """
+# KEYS: worker.ingest.SHOP_NUMBER_KEYS, then one owner hash per claim; ARGV: the shop, then
+# each claim's field (the resource id). Claims each resource for the shop (its number) unless
+# another shop has it (HSETNX, as the ingest job does; a claim holding the shop's domain, the
+# former layout, is the shop's and is rewritten as its number); answers the positions
+# (1-based) of the claims another shop holds. One round trip per batch.
+_CLAIM_SCRIPT = (
+    SHOP_NUMBER_LUA
+    + """
+local shop = ARGV[1]
+local n = number_of(shop)
 local foreign = {}
-for i = 1, #KEYS do
-  if redis.call('HSETNX', KEYS[i], ARGV[i + 1], ARGV[1]) == 0 then
-    if redis.call('HGET', KEYS[i], ARGV[i + 1]) ~= ARGV[1] then foreign[#foreign + 1] = i end
+for i = 4, #KEYS do
+  local field = ARGV[i - 2]
+  if redis.call('HSETNX', KEYS[i], field, n) == 0 then
+    local owner = redis.call('HGET', KEYS[i], field)
+    if owner == shop then
+      redis.call('HSET', KEYS[i], field, n)
+    elseif owner ~= n then
+      foreign[#foreign + 1] = i - 3
+    end
   end
 end
 return foreign
 """
+)
 CLAIMS_PER_CALL = 2000
 
 
 def claim(conn: redis.Redis, shop: str, by_customer: Mapping[int, list[Event]]) -> set[int]:
     """Claim the customers and orders for ``shop`` (as the ingest job does); answer the
     customers that belong to another shop (left out)."""
-    from .ingest import owner_key
-
     claims: list[tuple[str, int, int]] = []
     for cid, evs in by_customer.items():
         claims.append(("customer", cid, cid))
@@ -503,7 +515,7 @@ def claim(conn: redis.Redis, shop: str, by_customer: Mapping[int, list[Event]]) 
     foreign = set()
     for start in range(0, len(claims), CLAIMS_PER_CALL):
         part = claims[start : start + CLAIMS_PER_CALL]
-        keys = [owner_key(kind, rid) for kind, rid, _ in part]
+        keys = SHOP_NUMBER_KEYS + [owner_key(kind, rid) for kind, rid, _ in part]
         answer: Any = script(keys=keys, args=[shop, *(str(rid) for _, rid, _ in part)])
         foreign |= {part[int(i) - 1][2] for i in answer}
     return foreign

@@ -268,16 +268,23 @@ def _read_orders(
     with conn.pipeline(transaction=False) as reader:
         for shop, oids in by_shop.items():
             fields = [str(o) for o in oids]
-            reader.hmget(profile_store.order_customer_key(shop), fields)
+            for oid, field in zip(oids, fields, strict=True):  # the index's buckets
+                reader.hget(profile_store.order_customer_key(shop, oid), field)
+            reader.hmget(profile_store.legacy_order_customer_key(shop), fields)
             reader.hmget(ingest.guest_orders_key(shop), fields)
         if orders:  # one EXISTS over every key: almost always 0, then nothing more to read
             reader.exists(*(ingest.pending_key(s, o) for s, o in orders))
         answers = reader.execute()
     indexed: dict[tuple[str, int], int] = {}
     guests: set[tuple[str, int]] = set()
-    for n, (shop, oids) in enumerate(by_shop.items()):
-        owners, guest_records = answers[2 * n], answers[2 * n + 1]
-        for oid, owner, guest in zip(oids, owners, guest_records, strict=True):
+    at = 0
+    for shop, oids in by_shop.items():
+        owners = answers[at : at + len(oids)]
+        legacy, guest_records = answers[at + len(oids)], answers[at + len(oids) + 1]
+        at += len(oids) + 2
+        for oid, owner, old, guest in zip(oids, owners, legacy, guest_records, strict=True):
+            if owner is None:
+                owner = old  # an entry of the former single-hash index
             if owner is not None:
                 indexed[(shop, oid)] = int(owner)
             if guest is not None:

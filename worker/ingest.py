@@ -18,7 +18,10 @@ second run finds no delivery, and ``apply`` is idempotent anyway.
 Which shop a resource belongs to. One secret signs every shop's webhooks and the shop header is
 not signed, so a body captured from shop A could be replayed with shop B's header. Shopify's
 customer and order ids are unique across all shops, so the first shop a resource is seen for
-owns it (``kizuna:owner:{customer|order}:{bucket}``, hash id → shop, written with HSETNX): a
+owns it (``kizuna:owner:{customer|order}:{bucket}``, hash id → the shop's number, written with
+HSETNX; the number — ``kizuna:shop-numbers``, given once per shop from a counter — takes
+2 B where the domain took ~30; a claim still holding a domain, as earlier versions wrote,
+counts as that shop's and is rewritten as its number when the shop claims it again): a
 delivery naming a customer or order owned by another shop is dead-lettered and changes nothing
 for the claimed shop. For a resource seen for the first time, an order whose signed
 ``order_status_url`` names a different ``*.myshopify.com`` shop is refused too. What remains
@@ -69,6 +72,43 @@ DELETED_VERSION = "~"  # sorts after every ISO time: a deleted guest order stays
 
 def owner_key(kind: str, resource_id: int) -> str:
     return f"kizuna:owner:{kind}:{resource_id % OWNER_BUCKETS}"
+
+
+SHOP_NUMBERS_KEY = "kizuna:shop-numbers"  # hash shop domain → its number
+SHOP_DOMAINS_KEY = "kizuna:shop-domains"  # hash number → shop domain
+SHOP_SEQUENCE_KEY = "kizuna:shop-sequence"  # the last number given
+SHOP_NUMBER_KEYS = [SHOP_NUMBERS_KEY, SHOP_DOMAINS_KEY, SHOP_SEQUENCE_KEY]
+
+# Lua: the shop's number, given from the counter the first time (KEYS[1..3]: SHOP_NUMBER_KEYS).
+SHOP_NUMBER_LUA = """
+local function number_of(shop)
+  local n = redis.call('HGET', KEYS[1], shop)
+  if not n then
+    n = tostring(redis.call('INCR', KEYS[3]))
+    redis.call('HSET', KEYS[1], shop, n)
+    redis.call('HSET', KEYS[2], n, shop)
+  end
+  return n
+end
+"""
+
+
+def shop_number(conn: redis.Redis, shop: str) -> str | None:
+    """The number ``shop``'s ownership claims hold, or None if it never claimed anything."""
+    raw = conn.hget(SHOP_NUMBERS_KEY, shop)
+    return None if raw is None else raw.decode()  # type: ignore[union-attr]
+
+
+def forget_shop_number(conn: redis.Redis, shop: str) -> int:
+    """Remove ``shop``'s number (after its claims are gone: ``shop/redact``)."""
+    number = shop_number(conn, shop)
+    if number is None:
+        return 0
+    with conn.pipeline(transaction=True) as pipe:
+        pipe.hdel(SHOP_NUMBERS_KEY, shop)
+        pipe.hdel(SHOP_DOMAINS_KEY, number)
+        pipe.execute()
+    return 1
 
 
 def pending_key(shop: str, order_id: int) -> str:
@@ -214,18 +254,40 @@ def claims_of(event: Event) -> list[tuple[str, int]]:
     return claims
 
 
-# KEYS: the owner hash of each claim. ARGV: per claim, the resource id then the claiming shop.
-# HSETNX then HGET, claim by claim in order, as separate commands would: the first shop to
-# claim a resource owns it. Answers the owner of each claim. One round trip for any number.
-_CLAIM_SCRIPT = """
-local owners = {}
-for i = 1, #KEYS do
-  local field, shop = ARGV[2 * i - 1], ARGV[2 * i]
-  redis.call('HSETNX', KEYS[i], field, shop)
-  owners[i] = redis.call('HGET', KEYS[i], field)
+# KEYS: SHOP_NUMBER_KEYS, then the owner hash of each claim. ARGV: per claim, the resource id
+# then the claiming shop. HSETNX of the shop's number then HGET, claim by claim in order, as
+# separate commands would: the first shop to claim a resource owns it. A claim holding the
+# claiming shop's domain (the former layout) is that shop's, and is rewritten as its number.
+# Answers the owner of each claim: a domain (``#n`` for a number no shop has any more). One
+# round trip for any number of claims.
+_CLAIM_SCRIPT = (
+    SHOP_NUMBER_LUA
+    + """
+local owners, numbers = {}, {}
+for i = 4, #KEYS do
+  local field, shop = ARGV[2 * i - 7], ARGV[2 * i - 6]
+  local n = numbers[shop]
+  if not n then
+    n = number_of(shop)
+    numbers[shop] = n
+  end
+  redis.call('HSETNX', KEYS[i], field, n)
+  local owner = redis.call('HGET', KEYS[i], field)
+  if owner == shop then
+    redis.call('HSET', KEYS[i], field, n)
+    owner = n
+  end
+  if owner == n then
+    owners[i - 3] = shop
+  elseif string.match(owner, '^%d+$') then
+    owners[i - 3] = redis.call('HGET', KEYS[2], owner) or ('#' .. owner)
+  else
+    owners[i - 3] = owner
+  end
 end
 return owners
 """
+)
 CLAIMS_PER_CALL = 2000  # bounds the work of one script call (Redis blocks while it runs)
 
 
@@ -238,7 +300,8 @@ def claim_owners(conn: redis.Redis, claims: Sequence[tuple[str, str, int]]) -> l
         args: list[str] = []
         for shop, _kind, rid in part:
             args += (str(rid), shop)
-        answer: Any = script(keys=[owner_key(kind, rid) for _s, kind, rid in part], args=args)
+        keys = SHOP_NUMBER_KEYS + [owner_key(kind, rid) for _s, kind, rid in part]
+        answer: Any = script(keys=keys, args=args)
         owners += (o.decode() if isinstance(o, bytes) else str(o) for o in answer)
     return owners
 
@@ -260,12 +323,14 @@ def _foreign(conn: redis.Redis, shop: str, event: Event, payload: Any) -> str | 
 
 def forget_owner(conn: redis.Redis, shop: str, kind: str, ids: Iterable[int]) -> None:
     """Release ownership claims of ``shop`` (after a redact); others' claims are untouched."""
+    number = shop_number(conn, shop) or ""
     script = (
-        "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
+        "local v = redis.call('HGET', KEYS[1], ARGV[1]) "
+        "if v and (v == ARGV[2] or v == ARGV[3]) then "
         "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
     )
     for rid in ids:
-        conn.eval(script, 1, owner_key(kind, rid), str(rid), shop)
+        conn.eval(script, 1, owner_key(kind, rid), str(rid), shop, number)
 
 
 # --- applying ----------------------------------------------------------------------------------
@@ -329,12 +394,12 @@ def _order_only(
     conn: redis.Redis, shop: str, event: OrderDeleted | FulfillmentCreated, *, done: Any, **at: Any
 ) -> str:
     """An event naming only the order: find its customer, or count it as guest, or park it."""
-    index = profile_store.order_customer_key(shop)
+    index = profile_store.order_index_keys(shop, event.order_id)
     guests = guest_orders_key(shop)
     with conn.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(index, guests)
+                pipe.watch(*index, guests)
                 owner = profile_store.customer_for_order(pipe, shop, event.order_id)
                 guest = pipe.hexists(guests, str(event.order_id))
                 if owner is not None:

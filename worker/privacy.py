@@ -338,10 +338,14 @@ def redact_shop(conn: redis.Redis, shop: str) -> Report:
         report.keys_deleted += 1
     report.entries_removed += int(conn.srem(SHOPS_KEY, shop))
     report.entries_removed += int(conn.zrem("kizuna:due:shops", shop))
+    from .ingest import forget_shop_number, shop_number
+
+    mine = {shop, shop_number(conn, shop) or shop}  # claims hold its number (or, older, domain)
     for key in list(conn.scan_iter("kizuna:owner:*", count=1000)):
-        found = [f for f, v in conn.hscan_iter(key, count=1000) if v.decode() == shop]
+        found = [f for f, v in conn.hscan_iter(key, count=1000) if v.decode() in mine]
         if found:
             conn.hdel(key, *found)
             report.entries_removed += len(found)
+    report.entries_removed += forget_shop_number(conn, shop)
     _delete_jobs(conn, shop, report, lambda args: True)
     return report

@@ -12,8 +12,11 @@ Keys (all under ``kizuna:{shop}:`` so that ``shop/redact`` can remove a shop by 
   ``list-buckets``, ``list-sizes`` and ``indexes`` (the lists in use, so counts never scan
   customers): see :mod:`worker.list_index`;
 - ``search:{bound}``, ``search-dir`` — the search index (:mod:`worker.search_index`);
-- ``order-customer`` — hash order id → customer id (``orders/delete`` and fulfillments name
-  only the order);
+- ``order-customer#{n}`` — order id → customer id (``orders/delete`` and fulfillments name
+  only the order), in :data:`ORDER_BUCKETS` small hashes by order id (``n = id % 1024``) so
+  each stays a listpack (~20 B an order instead of ~60 in one big ``hashtable`` hash, up to
+  ~500,000 orders a shop); the former single hash ``order-customer`` is still read (after the
+  buckets) and deleted with them, and :func:`migrate_order_index` moves it in one step;
 - ``last-order`` — sorted set of customer ids scored by their last live order (epoch seconds),
   so the customers whose time-dependent lists change between two moments can be read by range.
 
@@ -65,8 +68,23 @@ def profile_key(shop: str, customer_id: int) -> str:
     return f"kizuna:{shop}:profile:{customer_id}"
 
 
-def order_customer_key(shop: str) -> str:
+ORDER_BUCKETS = 1024  # 512 entries a bucket (hash-max-listpack-entries) → 524,288 orders
+
+
+def order_customer_key(shop: str, order_id: int) -> str:
+    """The bucket of the order index holding ``order_id`` (``#``, not ``:``, before the bucket
+    number: a customer redact drops keys with a part equal to one of the customer's ids)."""
+    return f"kizuna:{shop}:order-customer#{order_id % ORDER_BUCKETS}"
+
+
+def legacy_order_customer_key(shop: str) -> str:
+    """The order index as one hash, as versions before the buckets stored it (read only)."""
     return f"kizuna:{shop}:order-customer"
+
+
+def order_index_keys(shop: str, order_id: int) -> list[str]:
+    """The keys that may hold ``order_id``'s customer (to WATCH): its bucket, the old hash."""
+    return [order_customer_key(shop, order_id), legacy_order_customer_key(shop)]
 
 
 def last_order_key(shop: str) -> str:
@@ -106,8 +124,51 @@ def load_many(conn: redis.Redis, shop: str, customer_ids: Iterable[int]) -> list
 
 
 def customer_for_order(conn: Reader, shop: str, order_id: int) -> int | None:
-    raw = conn.hget(order_customer_key(shop), str(order_id))
+    """The customer the order index names for ``order_id`` (its bucket, else the old hash)."""
+    field = str(order_id)
+    raw = conn.hget(order_customer_key(shop, order_id), field)
+    if raw is None:
+        raw = conn.hget(legacy_order_customer_key(shop), field)
     return None if raw is None else int(raw)
+
+
+# KEYS: the former single hash, then each field's bucket; ARGV: the fields. Moves each entry
+# still in the former hash to its bucket (an entry written there since is kept), atomically,
+# so an entry removed meanwhile (a redact) is not brought back.
+_MOVE_ORDERS = """
+for i = 2, #KEYS do
+  local v = redis.call('HGET', KEYS[1], ARGV[i - 1])
+  if v then
+    redis.call('HSETNX', KEYS[i], ARGV[i - 1], v)
+    redis.call('HDEL', KEYS[1], ARGV[i - 1])
+  end
+end
+return 0
+"""
+
+
+def migrate_order_index(conn: redis.Redis, shop: str, *, batch: int = 1000) -> int:
+    """Move the former single-hash order index into its buckets (emptying it, so Redis drops
+    it); answer the entries seen. Readers look in the buckets first, then the former hash, so
+    the index answers the same before, during and after."""
+    legacy = legacy_order_customer_key(shop)
+    script = conn.register_script(_MOVE_ORDERS)
+    seen = 0
+    fields: list[bytes] = []
+
+    def flush() -> None:
+        keys = [legacy] + [order_customer_key(shop, int(f)) for f in fields]
+        script(keys=keys, args=fields)
+        fields.clear()
+
+    for field, _value in conn.hscan_iter(legacy, count=batch):
+        fields.append(field)
+        seen += 1
+        if len(fields) >= batch:
+            flush()
+    if fields:
+        flush()
+    return seen
 
 
 def count(conn: redis.Redis, shop: str, key: str = ALL) -> int:
@@ -196,14 +257,15 @@ def save_many(
 
     ``entries`` are ``(profile, the list keys it was filed under, the stored profile it
     replaces or None)``. The writes are grouped: one ``MSET`` for the profiles and one command
-    per list, index and sorted set touched, whatever the number of profiles (a backfill batch
-    costs a few dozen commands, not a dozen per customer). With the stored profile given,
+    per list, order-index bucket and sorted set touched, whatever the number of profiles (a
+    backfill batch costs a few hundred commands, not a dozen per customer). With the stored
+    profile given,
     only its orders that are new to the order index are written there.
     """
     blobs: dict[str, bytes] = {}
     added: dict[str, list[str]] = {}
     removed: dict[str, list[str]] = {}
-    orders: dict[Any, Any] = {}  # order id → customer id (redis-py's mapping type)
+    orders: dict[str, dict[Any, Any]] = {}  # bucket → order id → customer id
     last: dict[str, float] = {}
     no_last: list[str] = []
     out: dict[int, frozenset[str]] = {}
@@ -222,7 +284,7 @@ def save_many(
             known = before.orders if before is not None and before.active else {}
             for order_id in profile.orders:
                 if order_id not in known:
-                    orders[str(order_id)] = cid
+                    orders.setdefault(order_customer_key(shop, order_id), {})[str(order_id)] = cid
         moment = profile.last_order_at if profile.active else None
         if moment is not None:
             last[cid] = moment.timestamp()
@@ -231,8 +293,8 @@ def save_many(
     if blobs:
         pipe.mset(blobs)
     list_index.queue_changes(pipe, shop, added, removed)
-    if orders:
-        pipe.hset(order_customer_key(shop), mapping=orders)
+    for bucket, mapping in orders.items():
+        pipe.hset(bucket, mapping=mapping)
     if last:
         pipe.zadd(last_order_key(shop), last)
     if no_last:
@@ -255,7 +317,9 @@ def delete(conn: redis.Redis, shop: str, customer_id: int) -> bool:
                 pipe.zrem(last_order_key(shop), str(customer_id))
                 list_index.queue_changes(pipe, shop, {}, {k: [customer_id] for k in keys})
                 if profile.orders:
-                    pipe.hdel(order_customer_key(shop), *(str(o) for o in profile.orders))
+                    for order_id in profile.orders:
+                        pipe.hdel(order_customer_key(shop, order_id), str(order_id))
+                    pipe.hdel(legacy_order_customer_key(shop), *(str(o) for o in profile.orders))
                 pipe.execute()
                 return True
             except redis.WatchError:

@@ -83,6 +83,7 @@ def reconcile_shop(
     record = shops.load(conn, shop)
     if record is None or not record.active:
         return "stale"
+    profile_store.migrate_order_index(conn, shop)  # the former single-hash index, if any left
     if since is None:
         mark = conn.hget(state_key(shop), "watermark")
         since = (
@@ -163,7 +164,7 @@ def rebuild(ctx: Any, shop: str) -> dict[str, Any] | str:
     """Drop the shop's profile cache (profiles, indexes, search index, order index) and read
     every customer and order from Shopify again."""
     conn: redis.Redis = ctx.conn
-    patterns = ("profile:*", "idx:*")
+    patterns = ("profile:*", "idx:*", "order-customer#*")
     with conn.pipeline(transaction=False) as pipe:
         for pattern in patterns:
             for key in conn.scan_iter(f"kizuna:{shop}:{pattern}", count=1000):
@@ -171,7 +172,7 @@ def rebuild(ctx: Any, shop: str) -> dict[str, Any] | str:
         pipe.delete(
             *profile_store.list_meta_keys(shop),
             *search_index.drop_keys(conn, shop),
-            profile_store.order_customer_key(shop),
+            profile_store.legacy_order_customer_key(shop),
             profile_store.last_order_key(shop),
             state_key(shop),
         )

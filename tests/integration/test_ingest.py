@@ -385,3 +385,93 @@ def test_time_moves_a_customer_into_dormant(
     deliver(client, conn, "orders/updated", live_order(updated_at="2022-01-02T00:00:00Z"))
     counts = profile_store.count_by_segment(conn, SHOP)
     assert "segment:dormant" in counts and "segment:new" not in counts
+
+
+# --- compact layouts: bucketed order index, shop numbers in claims; the former layout ---------
+
+
+def to_former_layout(conn: redis.Redis, shop: str, order_id: int, *claims: tuple[str, int]) -> None:
+    """Rewrite what a delivery stored as the previous version stored it: the order's index
+    entry in the single ``order-customer`` hash, each claim holding the shop's domain."""
+    bucket = profile_store.order_customer_key(shop, order_id)
+    owner = conn.hget(bucket, str(order_id))
+    assert owner is not None
+    conn.hdel(bucket, str(order_id))
+    conn.hset(profile_store.legacy_order_customer_key(shop), str(order_id), owner)
+    for kind, rid in claims:
+        conn.hset(ingest.owner_key(kind, rid), str(rid), shop)
+
+
+def test_claims_hold_the_shop_number_and_the_order_index_is_bucketed(
+    client: FlaskClient, conn: redis.Redis
+) -> None:
+    """Tried: an order delivered for A. Must: store A's short number (not its domain) as the
+    owner of the order and customer, and index the order in its bucket, not in one big hash."""
+    deliver(client, conn, "orders/create", live_order())
+    number = ingest.shop_number(conn, SHOP)
+    assert number is not None and number.isdigit()
+    assert conn.hget(ingest.owner_key("order", ORDER), str(ORDER)) == number.encode()
+    assert conn.hget(ingest.owner_key("customer", JOHN), str(JOHN)) == number.encode()
+    bucket = profile_store.order_customer_key(SHOP, ORDER)
+    assert conn.hget(bucket, str(ORDER)) == str(JOHN).encode()
+    assert not conn.exists(profile_store.legacy_order_customer_key(SHOP))
+    assert conn.hget(ingest.SHOP_DOMAINS_KEY, number) == SHOP.encode()
+
+
+def test_data_stored_by_the_previous_version_keeps_working(
+    client: FlaskClient, conn: redis.Redis
+) -> None:
+    """Tried: an order indexed in the former single hash, its claims holding A's domain (as the
+    previous version wrote them); then its fulfillment and deletion for A, and the same bodies
+    replayed under B. Must: resolve the order through the former index, accept A's claims (and
+    rewrite them as A's number), refuse B and change nothing of B's; the one-step migration
+    then moves the index into its buckets without changing any answer."""
+    install_shop(conn, OTHER_SHOP)
+    deliver(client, conn, "orders/create", live_order())
+    to_former_layout(conn, SHOP, ORDER, ("order", ORDER), ("customer", JOHN))
+    assert profile_store.customer_for_order(conn, SHOP, ORDER) == JOHN
+    for topic in ("fulfillments/create", "orders/delete"):
+        deliver(client, conn, topic, sample(topic), shop=OTHER_SHOP)
+    assert profile_store.load(conn, OTHER_SHOP, JOHN) is None
+    assert {d.field for d in deliveries.dead_letters(conn, OTHER_SHOP)} == {"shop"}
+    assert profile_of(conn, JOHN).orders[ORDER].first_fulfilled_at is None
+
+    deliver(client, conn, "fulfillments/create", sample("fulfillments/create"))
+    assert profile_of(conn, JOHN).orders[ORDER].first_fulfilled_at is not None
+    number = ingest.shop_number(conn, SHOP)
+    assert number is not None
+    assert conn.hget(ingest.owner_key("order", ORDER), str(ORDER)) == number.encode()
+    assert deliveries.dead_letters(conn, SHOP) == []
+
+    assert profile_store.migrate_order_index(conn, SHOP) == 1
+    assert not conn.exists(profile_store.legacy_order_customer_key(SHOP))
+    assert profile_store.customer_for_order(conn, SHOP, ORDER) == JOHN
+    deliver(client, conn, "orders/delete", sample("orders/delete"))
+    assert profile_of(conn, JOHN).order_count == 0
+
+
+def test_claims_across_shops_by_number_and_by_former_domain(conn: redis.Redis) -> None:
+    """Tried: A claims an order, B claims it (both in one script call); B claims a customer
+    whose claim holds A's domain (former layout); the backfill claims both for B. Must: give
+    each resource to its first shop, name that shop, and leave A's claims as they were."""
+    from crm.events import CustomerUpserted
+    from worker import backfill
+
+    assert ingest.claim_owners(conn, [(SHOP, "order", 11), (OTHER_SHOP, "order", 11)]) == [
+        SHOP,
+        SHOP,
+    ]
+    conn.hset(ingest.owner_key("customer", 12), "12", SHOP)
+    assert ingest.claim_owners(conn, [(OTHER_SHOP, "customer", 12)]) == [SHOP]
+    assert conn.hget(ingest.owner_key("customer", 12), "12") == SHOP.encode()
+    event = CustomerUpserted(topic="customers/update", updated_at=None, customer_id=12)
+    assert backfill.claim(conn, OTHER_SHOP, {12: [event]}) == {12}
+    assert backfill.claim(conn, SHOP, {12: [event]}) == set()  # A's own: rewritten as its number
+    assert (
+        conn.hget(ingest.owner_key("customer", 12), "12") == ingest.shop_number(conn, SHOP).encode()
+    )  # type: ignore[union-attr]
+    assert ingest.claim_owners(conn, [(OTHER_SHOP, "order", 11)]) == [SHOP]
+    ingest.forget_owner(conn, OTHER_SHOP, "order", [11])  # not B's: stays
+    assert ingest.claim_owners(conn, [(OTHER_SHOP, "order", 11)]) == [SHOP]
+    ingest.forget_owner(conn, SHOP, "order", [11])
+    assert ingest.claim_owners(conn, [(OTHER_SHOP, "order", 11)]) == [OTHER_SHOP]

@@ -165,3 +165,20 @@ def test_shop_redact_removes_every_key_of_the_shop(client: FlaskClient, conn: re
     assert len(jobs) <= 1
     assert conn.get("kizuna:other-shop.myshopify.com:profile:1") == b"x"
     assert Queue(STEPS, connection=conn, serializer=JSONSerializer).count == 0
+
+
+def test_shop_redact_releases_claims_held_by_number_or_by_domain(conn: redis.Redis) -> None:
+    """Tried: shop/redact of A whose claims hold its number, one (former layout) its domain,
+    next to B's claims. Must: remove every claim of A and A's number, keep B's claims."""
+    from worker import ingest
+
+    other = "other-test.myshopify.com"
+    claims = [(SHOP, "order", 21), (SHOP, "customer", 22), (other, "order", 23)]
+    assert ingest.claim_owners(conn, claims) == [SHOP, SHOP, other]
+    conn.hset(ingest.owner_key("order", 24), "24", SHOP)  # as the previous version stored it
+    number = ingest.shop_number(conn, SHOP)
+    privacy.redact_shop(conn, SHOP)
+    owners = {f: v for k in conn.scan_iter("kizuna:owner:*") for f, v in conn.hgetall(k).items()}
+    assert owners == {b"23": ingest.shop_number(conn, other).encode()}  # type: ignore[union-attr]
+    assert number is not None and ingest.shop_number(conn, SHOP) is None
+    assert conn.hget(ingest.SHOP_DOMAINS_KEY, number) is None
