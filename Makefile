@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(FILTER)
+
+soak: $(STAMP)
+	@# Outside `make test` and `make bench`: SOAK_MINUTES (default 20) of mixed load.
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) var

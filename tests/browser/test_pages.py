@@ -198,8 +198,11 @@ def test_pages_render_data_export_csv_and_escape_names(
     assert kizuna.conn.hget(f"kizuna:{SHOP}:rules", "quiet") is None
     screenshot(page, "settings")
     frame.fill("#s-qs", "21")
-    frame.click("#save-settings")
+    with page.expect_response(
+        lambda r: r.url.endswith("/api/settings") and r.request.method == "PUT"
+    ) as saved:
+        frame.click("#save-settings")
+    assert saved.value.status == 200
     frame.wait_for_function("!document.querySelector('[data-field=\"quiet_start\"].invalid')")
-    page.wait_for_load_state("networkidle")
     assert kizuna.conn.hget(f"kizuna:{SHOP}:rules", "quiet") == b"21-8"
     assert page.js_errors == []

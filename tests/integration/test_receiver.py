@@ -34,6 +34,7 @@ from tests.integration.webhook_helpers import (
     post_webhook,
     sample,
 )
+from webhooks import receiver
 from webhooks.verify import sign, verify
 from worker import deliveries, drain
 from worker.queues import WEBHOOKS
@@ -235,23 +236,55 @@ def test_concurrent_repeats_are_claimed_once(app: Flask, conn: redis.Redis) -> N
 
 
 def test_malformed_json_with_a_valid_hmac_is_kept_and_answered_200(
-    client: FlaskClient, conn: redis.Redis
+    client: FlaskClient, conn: redis.Redis, clock: FixedClock
 ) -> None:
-    """Tried: signed bodies that are not JSON objects. Must not: queue a job, answer non-200
-    (Shopify would retry for hours), or lose the body."""
+    """Tried: signed bodies that are not JSON objects on an ingest topic (the receiver queues
+    them unparsed), then the drain. Must not: answer non-200 (Shopify would retry for hours),
+    leave a reference or a per-delivery job behind, lose the body, or file a repeat twice."""
     install_shop(conn)
-    bodies = [b'{"id": 1,', b"\xff\xfe not utf-8", b"[1, 2]", b""]
-    for i, body in enumerate(bodies):
-        resp = post_webhook(client, "orders/create", body, webhook_id=f"bad-{i}")
+    bodies = [b'{"id": 1,', b"\xff\xfe not utf-8", b"[1, 2]", b"", b"null", b'"order"']
+    ids = [f"bad-{i}" for i in range(len(bodies))]
+    for webhook_id, body in zip(ids, bodies, strict=True):
+        resp = post_webhook(client, "orders/create", body, webhook_id=webhook_id)
         assert resp.status_code == 200, resp.text
-    assert queued(conn) == []
+    result = drain.drain(conn, clock.now)
+    assert result.refs == len(bodies)
+    assert drain.pending(conn) == []
+    assert [f for f, _ in queued_jobs(conn) if f != drain.DRAIN_JOB] == []  # drained inline
     letters = deliveries.dead_letters(conn, SHOP)
-    assert [d.webhook_id for d in letters] == ["bad-3", "bad-2", "bad-1", "bad-0"]
+    assert sorted(d.webhook_id for d in letters) == sorted(ids)
+    assert all(conn.exists(deliveries.delivery_key(SHOP, i)) == 0 for i in ids)
     kept = deliveries.load_dead_letter(conn, SHOP, "bad-0")
     assert kept is not None and kept.body == b'{"id": 1,'
     # A repeat of a dead-lettered delivery is not filed twice.
-    post_webhook(client, "orders/create", bodies[0], webhook_id="bad-0")
-    assert len(deliveries.dead_letters(conn, SHOP)) == 4
+    resp = post_webhook(client, "orders/create", bodies[0], webhook_id="bad-0")
+    assert resp.status_code == 200 and resp.text.strip() == "duplicate"
+    assert drain.pending(conn) == []
+    assert len(deliveries.dead_letters(conn, SHOP)) == len(bodies)
+
+
+def test_malformed_json_on_other_topics_is_dead_lettered_by_the_receiver(
+    client: FlaskClient, conn: redis.Redis
+) -> None:
+    """Tried: signed bodies that are not JSON objects on app/ and compliance topics (parsed
+    by the receiver: their body names the shop). Must not: queue a job, answer non-200, or
+    lose the body."""
+    install_shop(conn)
+    topics = ["app/uninstalled", "shop/redact", "customers/redact"]
+    for i, topic in enumerate(topics):
+        resp = post_webhook(client, topic, b'{"shop_domain": ', webhook_id=f"bad-{i}")
+        assert resp.status_code == 200, resp.text
+        assert resp.text.strip() == "dead-lettered"
+    assert queued(conn) == []
+    letters = deliveries.dead_letters(conn, SHOP)
+    assert sorted(d.webhook_id for d in letters) == ["bad-0", "bad-1", "bad-2"]
+
+
+def test_no_ingest_topic_names_its_shop_in_the_body() -> None:
+    """Tried: every topic whose signed body names the shop against the job it is routed to.
+    Must not: route one to the ingest fast path, which does not parse the body."""
+    for topic in receiver.SHOP_FIELD:
+        assert deliveries.job_for(topic) != deliveries.INGEST_JOB, topic
 
 
 def test_compliance_topics_are_accepted_for_an_uninstalled_shop_when_the_body_names_it(
