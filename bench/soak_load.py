@@ -211,7 +211,14 @@ def timed_request(
     try:
         response = session.request(method, url, timeout=TIMEOUT, **kw)
     except requests.RequestException as exc:
-        tally.record(kind, False, type(exc).__name__, (time.perf_counter() - started) * 1000)
+        # The innermost cause names what happened (a reset, a refused connection, a timeout).
+        cause: BaseException = exc
+        for _ in range(10):  # bounded: a chain may loop
+            if cause.__context__ is None:
+                break
+            cause = cause.__context__
+        error = f"{type(exc).__name__} ({type(cause).__name__}: {str(cause)[:80]})"
+        tally.record(kind, False, error, (time.perf_counter() - started) * 1000)
         return None
     ms = (time.perf_counter() - started) * 1000
     good = 200 <= response.status_code < 300
