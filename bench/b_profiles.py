@@ -31,17 +31,7 @@ import redis
 import requests
 
 from bench.figures import Figure
-from bench.harness import (
-    ROOT,
-    free_port,
-    note,
-    private_redis,
-    python,
-    spawn,
-    stop,
-    used_memory,
-    wait_http,
-)
+from bench.harness import ROOT, devstore, note, private_redis, python, used_memory
 
 FIGURES = ("profile_bytes", "backfill_rows_per_s")
 
@@ -193,14 +183,7 @@ def bytes_by_kind(conn: redis.Redis, profiles: int) -> dict[str, float]:
 def run() -> Iterator[Figure]:
     with private_redis() as store_url, private_redis(durable=True) as app_url:
         seed_devstore(store_url)
-        port = free_port()
-        proc = spawn(
-            python("-m", "plugin.cli", "devstore", "--port", str(port)),
-            {"REDIS_URL": store_url, "KIZUNA_ENV": "development"},
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_http(base + "/_devstore/clock", proc)
+        with devstore(store_url) as base:
             from bench.b_writeback import install
 
             token = install(base, SHOP)
@@ -219,8 +202,6 @@ def run() -> Iterator[Figure]:
             )  # fmt: skip
             result = json.loads(child.stdout.strip().splitlines()[-1])
             after = used_memory(app)
-        finally:
-            stop(proc)
         from worker import profile_store
 
         profiles = profile_store.count(app, SHOP)

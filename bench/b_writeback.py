@@ -24,7 +24,7 @@ import redis
 import requests
 
 from bench.figures import Figure
-from bench.harness import free_port, note, private_redis, python, spawn, stop, wait_http
+from bench.harness import devstore, free_port, note, private_redis
 from crm.errors import Throttled
 
 FIGURES = ("writeback_utilisation",)
@@ -150,14 +150,7 @@ def run() -> Iterator[Figure]:
         made = time.monotonic()
         ids = make_customers(conn, BULK_CUSTOMERS)
         note(f"{len(ids)} devstore customers made in {time.monotonic() - made:.1f} s")
-        port = free_port()
-        proc = spawn(
-            python("-m", "plugin.cli", "devstore", "--port", str(port)),
-            {"REDIS_URL": store_url, "KIZUNA_ENV": "development"},
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_http(base + "/_devstore/clock", proc)
+        with devstore(store_url) as base:
             token = install(base)
             url = f"{base}/store/{SHOP}/admin/api/{API_VERSION}/graphql.json"
             cost = probe(url, token, ids[0])
@@ -186,5 +179,3 @@ def run() -> Iterator[Figure]:
                 f"bulk path for {len(ids)} customers: {took:.1f} s (devstore) vs one call each "
                 f"at the limit {one_by_one:.0f} s"
             )
-        finally:
-            stop(proc)

@@ -117,6 +117,22 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: fl
             time.sleep(0.1)
 
 
+@contextmanager
+def devstore(store_url: str) -> Iterator[str]:
+    """``kizuna devstore`` on a free port over ``store_url``'s Redis; yields its base URL."""
+    port = free_port()
+    proc = spawn(
+        python("-m", "plugin.cli", "devstore", "--port", str(port)),
+        {"REDIS_URL": store_url, "KIZUNA_ENV": "development"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/_devstore/clock", proc)
+        yield base
+    finally:
+        stop(proc)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q`` percentile (0–100) by nearest rank; 0 for no values."""
     if not values:

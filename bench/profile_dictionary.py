@@ -126,7 +126,7 @@ def corpus(app_url: str) -> list[bytes]:
 
 def build() -> bytes:
     from bench import b_profiles
-    from bench.harness import free_port, private_redis, python, spawn, stop, wait_http
+    from bench.harness import devstore, private_redis
     from devstore.seed import seed_large
     from devstore.state import Store
     from plugin.clock import DevClock
@@ -138,14 +138,7 @@ def build() -> bytes:
         store = Store(store_conn, DevClock(store_conn))
         store.create_shop(SHOP, plan="plus", currency="JPY", timezone="Asia/Tokyo")
         seed_large(store, SHOP, customers=CUSTOMERS, now=NOW, seed=2)
-        port = free_port()
-        proc = spawn(
-            python("-m", "plugin.cli", "devstore", "--port", str(port)),
-            {"REDIS_URL": store_url, "KIZUNA_ENV": "development"},
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_http(base + "/_devstore/clock", proc)
+        with devstore(store_url) as base:
             from bench.b_writeback import install
 
             token = install(base, SHOP)
@@ -155,8 +148,6 @@ def build() -> bytes:
                 url = b_profiles.export(base, token, query, shop=SHOP)
                 if backfill.stream_export(app, SHOP, kind, url, now=NOW) != "done":
                     raise RuntimeError(f"the {kind} backfill did not finish")
-        finally:
-            stop(proc)
         samples = corpus(app_url)
         print(f"# {len(samples)} profiles, {sum(map(len, samples))} bytes", file=sys.stderr)
     trained = zstandard.train_dictionary(SIZE, samples, k=64, d=8, dict_id=0x4B5A0004)

@@ -114,17 +114,7 @@ def order_body(
         contact_email=customer.email,
         order_status_url=f"https://{shop}/548380009/orders/{token}/authenticate?key={token[:7]}",
     )
-    c = o.get("customer") or {}
-    c.update(
-        id=customer.id,
-        admin_graphql_api_id=f"gid://shopify/Customer/{customer.id}",
-        email=customer.email,
-        first_name=customer.first_name,
-        last_name=customer.last_name,
-    )
-    if isinstance(c.get("default_address"), dict):
-        c["default_address"]["customer_id"] = customer.id
-    o["customer"] = c
+    o["customer"] = as_customer(o.get("customer") or {}, customer)
     for i, line in enumerate(o.get("line_items") or []):
         line["id"] = order_id * 10 + i
         line["admin_graphql_api_id"] = f"gid://shopify/LineItem/{order_id * 10 + i}"
@@ -135,15 +125,19 @@ def customer_body(
     sample: dict[str, Any], customer: Customer, at: datetime, n: int
 ) -> dict[str, Any]:
     """The sample ``customers/update`` as ``customer`` (consent left out: unchanged)."""
-    c = copy.deepcopy(sample)
+    c = as_customer(copy.deepcopy(sample), customer)
+    c.update(note=f"soak note {n}", updated_at=iso(at))
+    return c
+
+
+def as_customer(c: dict[str, Any], customer: Customer) -> dict[str, Any]:
+    """A sample's customer object ``c`` made into ``customer`` (ids, email, names), in place."""
     c.update(
         id=customer.id,
         admin_graphql_api_id=f"gid://shopify/Customer/{customer.id}",
         email=customer.email,
         first_name=customer.first_name,
         last_name=customer.last_name,
-        note=f"soak note {n}",
-        updated_at=iso(at),
     )
     if isinstance(c.get("default_address"), dict):
         c["default_address"]["customer_id"] = customer.id

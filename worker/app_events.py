@@ -66,15 +66,22 @@ def _once_key(shop: str, name: str) -> str:
 
 
 def enqueue_once(
-    conn: redis.Redis, shop: str, func: str, *args: Any, job_id: str, queue: str = DEFAULT
+    conn: redis.Redis,
+    shop: str,
+    func: str,
+    *args: Any,
+    job_id: str,
+    queue: str = DEFAULT,
+    ttl: int | None = None,
 ) -> bool:
     """Enqueue ``func`` under ``job_id`` unless that was done already; answer whether it was.
 
     RQ overwrites a job enqueued again under the same id (and runs it again), so a claim key
-    makes the enqueue itself happen once; it is dropped if the enqueue fails.
+    makes the enqueue itself happen once; it is dropped if the enqueue fails. ``ttl`` lets the
+    claim expire, for ids that are never drawn again.
     """
     key = _once_key(shop, job_id)
-    if not conn.set(key, "1", nx=True):
+    if not conn.set(key, "1", nx=True, ex=ttl):
         return False
     try:
         enqueue(conn, func, *args, queue=queue, job_id=job_id)

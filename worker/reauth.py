@@ -48,7 +48,7 @@ from crm.errors import ServerError
 from plugin import shops
 from plugin.tokens import recover_unauthorized
 
-from . import enrolment_store
+from . import app_events, enrolment_store
 from .app_events import AFTER_INSTALL_JOB, Context, job_context
 from .queues import ALL_QUEUES, BULK, DEFAULT, STEPS, enqueue, get_queue
 
@@ -79,20 +79,12 @@ def _status(conn: redis.Redis, shop: str) -> str | None:
 def enqueue_once(
     conn: redis.Redis, shop: str, func: str, *args: Any, job_id: str, queue: str = DEFAULT
 ) -> bool:
-    """Enqueue ``func`` under ``job_id`` unless that was done already; answer whether it was.
-
-    Like :func:`worker.app_events.enqueue_once`, but the claim expires after
-    :data:`ONCE_TTL`: a resume names one claim per parked job, and the ids (drawn per pause)
-    never come back, so the claims need not outlive a re-run of the resume job."""
-    key = f"kizuna:{shop}:once:{job_id}"
-    if not conn.set(key, "1", nx=True, ex=ONCE_TTL):
-        return False
-    try:
-        enqueue(conn, func, *args, queue=queue, job_id=job_id)
-    except BaseException:
-        conn.delete(key)
-        raise
-    return True
+    """:func:`worker.app_events.enqueue_once` with a claim that expires after :data:`ONCE_TTL`:
+    a resume names one claim per parked job, and the ids (drawn per pause) never come back, so
+    the claims need not outlive a re-run of the resume job."""
+    return app_events.enqueue_once(
+        conn, shop, func, *args, job_id=job_id, queue=queue, ttl=ONCE_TTL
+    )
 
 
 # -- pausing ----------------------------------------------------------------------------------
