@@ -7,33 +7,17 @@ import io
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 import redis
-from flask import Flask
 from flask.testing import FlaskClient
 
 from crm import events
 from crm.profile import fold
 from devstore import idtoken
-from plugin.app import create_app
-from plugin.clock import FixedClock
 from plugin.settings import Settings
-from tests.integration.webhook_helpers import OTHER_SHOP, SHOP, install_shop
+from tests.integration.webhook_helpers import OTHER_SHOP, SHOP
 from worker import backfill, privacy, profile_store, search_index
 
 NOW = datetime(2026, 7, 1, tzinfo=UTC)
-
-
-@pytest.fixture()
-def app(settings: Settings, conn: redis.Redis, clock: FixedClock) -> Flask:
-    install_shop(conn)
-    install_shop(conn, OTHER_SHOP)
-    return create_app(settings, conn=conn, clock=clock)
-
-
-@pytest.fixture()
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def auth(settings: Settings, shop: str = SHOP) -> dict[str, str]:

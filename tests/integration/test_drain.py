@@ -23,13 +23,10 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from plugin.app import create_app
-from plugin.clock import DevClock, FixedClock
-from plugin.settings import Settings
+from plugin.clock import DevClock
 from tests.integration.webhook_helpers import (
     OTHER_SHOP,
     SHOP,
-    install_shop,
     key_dump,
     post_webhook,
     run_worker,
@@ -41,18 +38,6 @@ from worker.scheduler import tick
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 7, 1, tzinfo=UTC)
 FIRST_CUSTOMER, FIRST_ORDER = 4600000000000, 4700000000000
-
-
-@pytest.fixture()
-def app(settings: Settings, conn: redis.Redis, clock: FixedClock) -> Flask:
-    install_shop(conn)
-    install_shop(conn, OTHER_SHOP)
-    return create_app(settings, conn=conn, clock=clock)
-
-
-@pytest.fixture()
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 @pytest.fixture(autouse=True)

@@ -10,15 +10,12 @@ from typing import Any
 
 import pytest
 import redis
-from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from crm.profile import Profile
-from plugin.app import create_app
-from plugin.clock import DevClock, FixedClock
-from plugin.settings import Settings
+from plugin.clock import DevClock
 from tests.integration.webhook_helpers import (
     OTHER_SHOP,
     SHOP,
@@ -34,17 +31,6 @@ from worker.queues import WEBHOOKS, enqueue
 BOB = 706405506930370084  # customers/create sample
 JOHN = 115310627314723954  # the customer of the orders/create sample
 ORDER = 820982911946154508
-
-
-@pytest.fixture()
-def app(settings: Settings, conn: redis.Redis, clock: FixedClock) -> Flask:
-    install_shop(conn)
-    return create_app(settings, conn=conn, clock=clock)
-
-
-@pytest.fixture()
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 @pytest.fixture(autouse=True)
@@ -259,7 +245,6 @@ def test_a_body_from_shop_a_replayed_under_shop_b_changes_nothing_for_b(
     """Tried: shop A's genuine order and customer bodies, correctly signed (one secret signs
     every shop), posted again with shop B's domain header. Must not: create or change any
     profile, list or stat of B, nor change A."""
-    install_shop(conn, OTHER_SHOP)
     order = live_order()
     customer = sample("customers/create")
     deliver(client, conn, "orders/create", order)
@@ -426,7 +411,6 @@ def test_data_stored_by_the_previous_version_keeps_working(
     replayed under B. Must: resolve the order through the former index, accept A's claims (and
     rewrite them as A's number), refuse B and change nothing of B's; the one-step migration
     then moves the index into its buckets without changing any answer."""
-    install_shop(conn, OTHER_SHOP)
     deliver(client, conn, "orders/create", live_order())
     to_former_layout(conn, SHOP, ORDER, ("order", ORDER), ("customer", JOHN))
     assert profile_store.customer_for_order(conn, SHOP, ORDER) == JOHN

@@ -10,32 +10,18 @@ from typing import Any
 
 import pytest
 import redis
-from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
-from plugin.app import create_app
-from plugin.clock import DevClock, FixedClock
-from plugin.settings import Settings
-from tests.integration.webhook_helpers import SHOP, install_shop, key_dump, post_webhook, run_worker
+from plugin.clock import DevClock
+from tests.integration.webhook_helpers import SHOP, key_dump, post_webhook, run_worker
 from worker import privacy, profile_store
 from worker.queues import STEPS, get_queue
 
 MIKA, KEEP = 4400000000001, 4400000000002
 MIKA_ORDER, KEEP_ORDER = 4500000000001, 4500000000002
 EMAIL = "mika.redact@example.com"
-
-
-@pytest.fixture()
-def app(settings: Settings, conn: redis.Redis, clock: FixedClock) -> Flask:
-    install_shop(conn)
-    return create_app(settings, conn=conn, clock=clock)
-
-
-@pytest.fixture()
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 @pytest.fixture(autouse=True)
