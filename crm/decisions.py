@@ -39,6 +39,16 @@ REASONS: dict[str, tuple[str, str]] = {
         "Held out as the control group ({percent}%)",
         "効果測定の対照群（{percent}%）",
     ),
+    # skipped (or exited): orders at Shopify from before Kizuna's order history
+    "returning_customer": (
+        "Not a first order: Shopify has {earlier} earlier order(s) from before Kizuna's history",
+        "初回注文ではありません：Kizuna の履歴より前に Shopify 上で {earlier} 件の注文があります",
+    ),
+    "milestone_before_history": (
+        "Order number {nth} was placed before Kizuna's history "
+        "({earlier} earlier order(s) at Shopify)",
+        "{nth} 回目の注文は Kizuna の履歴より前です（Shopify 上で以前の注文 {earlier} 件）",
+    ),
     # deferred
     "frequency_cap": ("Frequency cap: deferred to {until}", "配信頻度の上限のため {until} に延期"),
     "quiet_hours": ("Quiet hours: deferred to {until}", "配信停止時間のため {until} に延期"),

@@ -87,6 +87,12 @@ class ProfileLike(Protocol):
     def orders(self) -> Mapping[int, OrderLike]: ...
     @property
     def deleted(self) -> bool: ...
+    @property
+    def shopify_order_count(self) -> int | None: ...
+    @property
+    def shopify_last_order_id(self) -> int | None: ...
+    @property
+    def shopify_counted_at(self) -> datetime | None: ...
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -308,6 +314,55 @@ def _live_orders(profile: ProfileLike) -> list[OrderLike]:
     return sorted(live, key=lambda o: (o.created_at, o.id))
 
 
+def earlier_orders(profile: ProfileLike) -> int:
+    """How many of the customer's orders at Shopify precede every order the profile holds.
+
+    The profile holds the orders of the backfill window (60 days) and later; Shopify's count
+    (``shopify_order_count``: ``numberOfOrders`` from the backfill and reconcile, and the
+    ``customers/purchasing_summary`` webhook) covers the customer's whole life. The difference
+    is the history before ours, once the count is lined up with our orders, for a count is a
+    snapshot that may be
+
+    - *stale*: taken before our newest orders (the backfill's count when the next order
+      arrives; the summary of an order comes after its ``orders/create``, if at all). Orders
+      newer than the snapshot are not in it and are not subtracted;
+    - *ahead*: it counts an order whose ``orders/create`` has not arrived yet (webhooks come in
+      any order). That order is newer than ours, not earlier.
+
+    The snapshot is placed by the time of the count (``shopify_counted_at``, the register's
+    version) and, when the profile holds it, by the newest order it counts
+    (``shopify_last_order_id``), whichever covers more of our orders. A last order we do not
+    hold is newer than ours if any of ours precede the snapshot, else it is earlier.
+
+    Every held order the count may include is subtracted, whatever its state. Shopify's schema
+    says ``numberOfOrders`` is the orders made "in their lifetime" and does not say whether
+    cancelled ones count (the devstore leaves them out, like ``amountSpent``); a deleted order
+    or a stub (known only from its deletion or fulfilment) may be in an older count too. So the
+    answer errs low: without a count it is 0, and a brand-new customer gets 0. One exception:
+    orders the count includes whose webhooks have not arrived, beyond the one it names as
+    last (or any, for a count that names none), look earlier than ours until they arrive.
+    """
+    count = profile.shopify_order_count
+    if not count:
+        return 0
+    held = list(profile.orders.values())
+    at = profile.shopify_counted_at
+    counted = [o for o in held if o.created_at is None or at is None or o.created_at <= at]
+    last_id = profile.shopify_last_order_id
+    last = profile.orders.get(last_id) if last_id is not None else None
+    ours_first = any(o.created_at is not None for o in counted)
+    unseen_last = int(last is None and last_id is not None and ours_first)
+    estimate = count - len(counted) - unseen_last
+    if last is not None and last.created_at is not None:
+        # Orders created with the last one are counted too (Shopify names one of them). The
+        # count and the last order are separate registers, which a tie of versions can pair
+        # from two summaries: keep the lower of the two readings.
+        newest = last.created_at
+        counted = [o for o in held if o.created_at is None or o.created_at <= newest]
+        estimate = min(estimate, count - len(counted))
+    return max(0, estimate)
+
+
 def _order_anchor(order: OrderLike, anchor: str) -> datetime:
     assert order.created_at is not None
     if anchor == "fulfilled":
@@ -365,23 +420,31 @@ def qualifying_cycle(
     segments: Mapping[str, datetime],
     after_cycle: int | None,
 ) -> CycleEntry | None:
-    """The cycle the customer qualifies for now, if any (newer than ``after_cycle``)."""
+    """The cycle the customer qualifies for now, if any (newer than ``after_cycle``).
+
+    ``first_order`` and ``nth_order`` count the customer's orders from before our history
+    too (:func:`earlier_orders`): a returning customer has no first order here.
+    """
     t = seq.trigger
     tz = rules.timezone
     live = _live_orders(profile)
     if t.kind == "first_order":
-        if not live:
-            return None
+        if not live or earlier_orders(profile):
+            return None  # a returning customer: their first order is older than our history
         first = live[0]
         return CycleEntry(
             1, _order_anchor(first, t.anchor), "first_order", {"order": _order_label(first)}
         )
     if t.kind == "nth_order":
         assert t.nth is not None
-        if len(live) < t.nth:
+        earlier = earlier_orders(profile)
+        index = t.nth - 1 - earlier  # the nth order among those we hold
+        if not 0 <= index < len(live):
             return None
-        nth = live[t.nth - 1]
-        detail = {"nth": t.nth, "order": _order_label(nth)}
+        nth = live[index]
+        detail: dict[str, Any] = {"nth": t.nth, "order": _order_label(nth)}
+        if earlier:
+            detail["earlier"] = earlier
         return CycleEntry(t.nth, _order_anchor(nth, t.anchor), "nth_order", detail)
     if t.kind in ("replenishment", "product_bought"):
         products = _products(seq, rules)
@@ -428,6 +491,28 @@ def qualifying_cycle(
             int(entered.timestamp()), entered, "segment_entered", {"segment": t.segment}
         )
     raise AssertionError(f"unknown trigger {t.kind}")
+
+
+def before_history(profile: ProfileLike, seq: Sequence) -> tuple[str, dict[str, Any]] | None:
+    """Why a first-order or nth-order trigger does not fire for a customer whose orders we
+    hold: the order it wants lies in their history before ours (:func:`earlier_orders`).
+
+    A reason code and its detail for the decision log, or ``None`` (the trigger has simply
+    not happened yet).
+    """
+    t = seq.trigger
+    if t.kind not in ("first_order", "nth_order"):
+        return None
+    live = _live_orders(profile)
+    earlier = earlier_orders(profile) if live else 0
+    if not earlier:
+        return None
+    if t.kind == "first_order":
+        return "returning_customer", {"earlier": earlier, "order": _order_label(live[0])}
+    assert t.nth is not None
+    if t.nth <= earlier:
+        return "milestone_before_history", {"nth": t.nth, "earlier": earlier}
+    return None
 
 
 # -- decisions ----------------------------------------------------------------------------
@@ -602,8 +687,12 @@ def evaluate(
         if entry is None or (sequence.trigger.kind != "yearly_date" and entry.cycle != enr.cycle):
             # the anchoring order was cancelled, or (replenishment) a newer order restarts it
             ended = replace(enr, status="exited", due_at=None)
-            reason = "new_order" if entry is not None else "not_triggered"
-            detail = entry.detail if entry is not None else {}
+            if entry is not None:
+                reason, detail = "new_order", entry.detail
+            else:
+                # the anchoring order was cancelled or deleted, or Shopify's count has since
+                # shown orders before our history (a returning customer, an earlier milestone)
+                reason, detail = before_history(profile, sequence) or ("not_triggered", {})
             exited = _decision("exited", reason, now, cid, sequence, version=enr.version, **detail)
             if entry is None or entry.cycle == enr.cycle:
                 return Evaluation(ended, (exited,))
@@ -643,6 +732,11 @@ def evaluate(
     after = enr.cycle if enr is not None else None
     entry = qualifying_cycle(profile, sequence, now, rules, segs, after)
     if entry is None:
+        history = before_history(profile, sequence) if enr is None else None
+        if history is not None:
+            reason, detail = history
+            d = _decision("skipped", reason, now, cid, sequence, **detail)
+            return Evaluation(enr, (d,))
         return Evaluation(enr, (_decision("waiting", "not_triggered", now, cid, sequence),))
     if enr is not None and entry.cycle == enr.cycle:
         return Evaluation(enr, (_decision("waiting", "already_done", now, cid, sequence),))
@@ -707,10 +801,15 @@ def step_effects(
         ]
     flow = None
     if step.flow_trigger:
+        # Shopify's flowTriggerReceive takes no idempotency key, so a call that timed out after
+        # Shopify ran it is fired again on retry; ``occurrence`` names this step of this cycle
+        # once and for all, for a workflow that must tell a repeat from a new step.
         flow = {
             "sequence": sequence.id,
             "version": sequence.version,
             "step": step.key,
+            "cycle": enrolment.cycle,
+            "occurrence": f"{cid}:{sequence.id}:{enrolment.cycle}:{step.key}",
             "customer_id": cid,
             "coupon_code": discount.code if discount else None,
             "coupon_expires_at": discount.ends_at.isoformat() if discount else None,

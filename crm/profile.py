@@ -367,6 +367,17 @@ class Profile:
         return {code for order in self._live() for code in order.discount_codes}
 
     @property
+    def shopify_counted_at(self) -> datetime | None:
+        """When Shopify took ``shopify_order_count`` (its register's version): orders created
+        later are not in that count. ``None`` when unknown."""
+        version = self.versions.get("shopify_order_count")
+        try:
+            moment = datetime.fromisoformat(version) if version else None
+        except ValueError:
+            return None
+        return None if moment is None or moment.tzinfo is None else moment
+
+    @property
     def active(self) -> bool:
         """Neither deleted nor merged away: belongs in the shop's lists."""
         return not self.deleted and self.merged_into is None

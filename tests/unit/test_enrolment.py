@@ -7,6 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crm.coupons import coupon_code
 from crm.decisions import Decision
@@ -14,12 +16,13 @@ from crm.enrolment import (
     Enrolment,
     ShopRules,
     due_step,
+    earlier_orders,
     evaluate,
     exit_all,
     preview,
 )
-from crm.events import LineItem
-from crm.profile import OrderRecord, Profile
+from crm.events import LineItem, PurchasingSummary
+from crm.profile import OrderRecord, Profile, apply
 from crm.schedule import QuietHours
 from crm.sequence import Sequence, from_dict
 from crm.templates import instantiate
@@ -229,6 +232,9 @@ def test_birthday_coupon_in_the_birthday_month_with_the_right_expiry() -> None:
     assert fields[("kizuna", "coupon_expires_at")] == discount.ends_at.isoformat()
     assert run.effects.flow_trigger is not None
     assert run.effects.flow_trigger["coupon_code"] == discount.code
+    # the key a workflow can tell a repeated trigger by: this customer, sequence, year and step
+    step_key = seq.steps[0].key
+    assert run.effects.flow_trigger["occurrence"] == f"7001:{seq.id}:2026:{step_key}"
 
     done = run.enrolment
     assert done is not None and done.status == "done"
@@ -576,3 +582,214 @@ def test_decisions_serialise_and_explain_in_two_languages() -> None:
         Decision(
             at=utc(2026, 7, 1), customer_id=1, sequence="x", decision="maybe", reason="consent"
         )
+
+
+# -- returning customers: Shopify's count of orders older than our history ---------------
+
+INSTALL = jst(2026, 7, 1, 9)  # the backfill reads numberOfOrders here; orders before
+#                               1 May (60 days) are not in the profile
+
+
+def counted(p: Profile, number: int, at: datetime, last: int | None = None) -> Profile:
+    """``p`` after Shopify's count arrived: the backfill's ``numberOfOrders`` (no last order)
+    or a ``customers/purchasing_summary`` (with ``lastOrderId``), taken at ``at``."""
+    summary = PurchasingSummary(
+        topic="customers/purchasing_summary",
+        customer_ids=(p.customer_id,),
+        updated_at=at,
+        customer_id=p.customer_id,
+        number_of_orders=number,
+        amount_spent=None,
+        currency=None,
+        last_order_id=last,
+    )
+    return apply(p, summary)
+
+
+def nth(n: int) -> Sequence:
+    return instantiate("milestone_gift", id=f"order-{n}", trigger={"nth": n})
+
+
+def test_a_returning_customer_is_not_welcomed_and_reaches_the_right_milestone() -> None:
+    """Two orders placed before the backfill window, one new order: the welcome series must
+    not start (the merchant reads why, in English and Japanese) and the new order must count
+    as the third, not the first."""
+    new = order(801, jst(2026, 7, 10, 12))
+    p = profile(new, customer_id=7101)
+    backfilled = counted(p, 2, INSTALL)  # stale: taken before order 801
+    now = jst(2026, 7, 10, 13)
+
+    welcome = evaluate(backfilled, instantiate("four_walls"), None, now, TOKYO)
+    assert welcome.enrolment is None
+    assert kinds(welcome.decisions) == [("skipped", "returning_customer")]
+    assert welcome.decision.detail["earlier"] == 2
+    assert "2 earlier" in welcome.decision.text("en")
+    assert "2 件" in welcome.decision.text("ja")
+
+    third = evaluate(backfilled, nth(3), None, now, TOKYO)
+    assert third.enrolment is not None and third.enrolment.cycle == 3
+    assert kinds(third.decisions) == [("entered", "nth_order")]
+    assert third.decision.detail["order"] == "#801" and third.decision.detail["earlier"] == 2
+    assert evaluate(backfilled, nth(2), None, now, TOKYO).enrolment is None
+
+    # without the count the cache alone would have called it a first order (the old bug)
+    assert evaluate(p, instantiate("four_walls"), None, now, TOKYO).enrolment is not None
+
+    # the purchasing summary of order 801 arrives later: the same answers, now aligned on it
+    summed = counted(backfilled, 3, jst(2026, 7, 10, 12, 1), last=801)
+    assert evaluate(summed, instantiate("four_walls"), None, now, TOKYO).enrolment is None
+    assert evaluate(summed, nth(3), None, now, TOKYO).enrolment == third.enrolment
+
+
+def test_a_stale_count_of_one_still_marks_the_customer_as_returning() -> None:
+    """One order long ago: the backfill's count (1) was taken before the new order, so
+    count − cached orders (0) must not be read as "no earlier order"."""
+    p = counted(profile(order(811, jst(2026, 7, 20, 12))), 1, INSTALL)
+    now = jst(2026, 7, 20, 13)
+    result = evaluate(p, instantiate("four_walls"), None, now, TOKYO)
+    assert result.enrolment is None and result.decision.reason == "returning_customer"
+    second = evaluate(p, nth(2), None, now, TOKYO)
+    assert second.enrolment is not None and second.decision.detail["order"] == "#811"
+
+
+def test_orders_inside_the_window_are_not_counted_twice() -> None:
+    """One order before the window and one inside it (backfilled, in the count): the next
+    order is the third."""
+    recent = order(821, jst(2026, 6, 10, 12))  # 21 days before the install
+    new = order(822, jst(2026, 7, 10, 12))
+    p = counted(profile(recent, new), 2, INSTALL)
+    now = jst(2026, 7, 10, 13)
+    third = evaluate(p, nth(3), None, now, TOKYO)
+    assert third.enrolment is not None and third.decision.detail["order"] == "#822"
+    assert evaluate(p, nth(2), None, now, TOKYO).enrolment is None  # order 821: before now
+    summed = counted(p, 3, jst(2026, 7, 10, 12, 1), last=822)
+    assert evaluate(summed, nth(3), None, now, TOKYO).enrolment == third.enrolment
+
+
+def test_a_milestone_reached_before_our_history_is_skipped_with_a_reason() -> None:
+    p = counted(profile(order(831, jst(2026, 7, 10, 12))), 5, INSTALL)
+    now = jst(2026, 7, 10, 13)
+    result = evaluate(p, nth(3), None, now, TOKYO)
+    assert result.enrolment is None
+    assert kinds(result.decisions) == [("skipped", "milestone_before_history")]
+    assert "3" in result.decision.text("en") and "3 回目" in result.decision.text("ja")
+    sixth = evaluate(p, nth(6), None, now, TOKYO)
+    assert sixth.enrolment is not None and sixth.decision.detail["order"] == "#831"
+
+
+FIRST = order(841, jst(2026, 7, 10, 12))
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        pytest.param(lambda p: p, id="no count at all"),
+        pytest.param(lambda p: counted(p, 0, INSTALL), id="backfilled with no orders"),
+        pytest.param(
+            lambda p: counted(p, 1, jst(2026, 7, 10, 12, 1), last=841), id="its own summary"
+        ),
+        pytest.param(
+            lambda p: counted(p, 2, jst(2026, 7, 11, 9), last=842),
+            id="a summary ahead of the next order's webhook",
+        ),
+        pytest.param(
+            lambda p: counted(p, 1, jst(2026, 7, 10, 12, 1)), id="a count without a last order"
+        ),
+    ],
+)
+def test_a_brand_new_customer_still_gets_the_first_order_series(history: Any) -> None:
+    """Whatever Shopify's count says and whenever it arrived, a customer whose first order
+    is in the cache enters the first-order series and is not counted as further along."""
+    p = history(profile(FIRST))
+    now = jst(2026, 7, 10, 13)
+    result = evaluate(p, instantiate("four_walls"), None, now, TOKYO)
+    assert result.enrolment is not None, result.decision
+    assert kinds(result.decisions) == [("entered", "first_order")]
+    assert evaluate(p, nth(2), None, now, TOKYO).enrolment is None
+
+
+@pytest.mark.parametrize("count", [1, 2], ids=["cancelled not counted", "cancelled counted"])
+def test_a_cancelled_first_order_does_not_make_a_new_customer_returning(count: int) -> None:
+    """Shopify may or may not count a cancelled order in numberOfOrders: either way a
+    customer whose only earlier order we hold (cancelled) is new."""
+    cancelled = order(851, jst(2026, 7, 5, 12), cancelled=jst(2026, 7, 5, 18))
+    p = counted(profile(cancelled, FIRST), count, jst(2026, 7, 10, 12, 1), last=841)
+    result = evaluate(p, instantiate("four_walls"), None, jst(2026, 7, 10, 13), TOKYO)
+    assert result.enrolment is not None and result.decision.detail["order"] == "#841"
+
+
+def test_orders_placed_at_the_same_instant_are_all_in_the_count() -> None:
+    """Two orders with one timestamp: Shopify's summary names either as the last order (and a
+    tie of summary versions can pair the count of one with the last order of the other);
+    neither reading may invent an earlier order."""
+    at = jst(2026, 7, 10, 12)
+    p = counted(profile(order(861, at), order(862, at)), 2, at, last=861)
+    now = jst(2026, 7, 10, 13)
+    assert earlier_orders(p) == 0
+    assert evaluate(p, instantiate("four_walls"), None, now, TOKYO).enrolment is not None
+    second = evaluate(p, nth(2), None, now, TOKYO)
+    assert second.enrolment is not None and second.decision.detail["order"] == "#862"
+
+
+def test_an_enrolment_made_before_the_count_arrived_ends_as_returning() -> None:
+    """The order's webhook was evaluated before any count (the backfill still running): the
+    customer entered; Shopify's count then shows two older orders. The series ends with the
+    reason, and the customer does not enter again."""
+    seq = instantiate("four_walls")
+    p = profile(FIRST)
+    entered = evaluate(p, seq, None, jst(2026, 7, 10, 13), TOKYO)
+    assert entered.enrolment is not None
+    later = counted(p, 3, jst(2026, 7, 10, 12, 1), last=841)
+    ended = evaluate(later, seq, entered.enrolment, jst(2026, 7, 10, 14), TOKYO)
+    assert ended.enrolment is not None and ended.enrolment.status == "exited"
+    assert kinds(ended.decisions) == [("exited", "returning_customer")]
+    again = evaluate(later, seq, ended.enrolment, jst(2026, 7, 11, 9), TOKYO)
+    assert again.enrolment == ended.enrolment and again.decision.decision == "waiting"
+
+
+@st.composite
+def _timelines(draw: st.DrawFn) -> tuple[Profile, int, bool]:
+    """A customer's orders, a day apart; the first ``window`` predate our history; we hold
+    at least one of those after it, in order (the newest may be missing). Shopify's count is
+    a snapshot after any order, counting cancelled orders or not: a summary names its last
+    order (cancelled or not) and may be one order ahead of us; a count without a last order
+    (backfill, reconcile) is read with the orders, so never ahead. Answers the profile and the
+    true number of earlier orders."""
+    total = draw(st.integers(1, 8))
+    window = draw(st.integers(0, total - 1))
+    held_to = draw(st.integers(window + 1, total))  # orders [window, held_to) arrived
+    with_last = draw(st.booleans())
+    newest = min(total - 1, held_to if with_last else held_to - 1)
+    snapshot = draw(st.integers(0, newest))
+    cancelled = draw(st.lists(st.booleans(), min_size=total, max_size=total))
+    with_cancelled = draw(st.booleans())
+    last_any = draw(st.booleans())  # lastOrder may be a cancelled order the count leaves out
+    start = jst(2026, 1, 1, 12)
+    orders = [
+        order(900 + i, start + timedelta(days=i), cancelled=start if cancelled[i] else None)
+        for i in range(total)
+    ]
+    counts = [with_cancelled or not cancelled[i] for i in range(total)]
+    p = profile(*orders[window:held_to])
+    in_count = [i for i in range(snapshot + 1) if counts[i]]
+    named = range(snapshot + 1) if last_any else in_count
+    last = 900 + named[-1] if with_last and named else None
+    at = start + timedelta(days=snapshot, hours=1)
+    p = counted(p, len(in_count), at, last=last)
+    knowable = with_cancelled and snapshot >= window  # the count saw one of our orders
+    return p, sum(counts[:window]), knowable
+
+
+@given(_timelines())
+@settings(max_examples=300, deadline=None)
+def test_earlier_orders_is_never_too_high_and_exact_when_it_can_be(
+    case: tuple[Profile, int, bool],
+) -> None:
+    """However stale the count, whether it counts cancelled orders, and whether it names its
+    last order, the estimate of orders before our history is never too high (so a new
+    customer never loses the first-order series to it); when the count covers one of our
+    orders and counts every order, it is exact."""
+    p, truth, knowable = case
+    assert earlier_orders(p) <= truth
+    if knowable:
+        assert earlier_orders(p) == truth
