@@ -31,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     wrk = sub.add_parser("worker", help="run an RQ worker on Kizuna's queues")
     wrk.add_argument("--burst", action="store_true", help="process what is queued, then exit")
-    wrk.add_argument("queues", nargs="*", help="queues to listen on (default: all)")
+    wrk.add_argument(
+        "queues", nargs="*", help="queues to listen on, in priority order (default: all)"
+    )
 
     dev = sub.add_parser("devstore", help="run the local Shopify stand-in")
     dev.add_argument("--host", default="127.0.0.1")
@@ -117,10 +119,9 @@ def preload_job_modules() -> None:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from rq import Worker
-    from rq.serializers import JSONSerializer
-
-    from worker.queues import ALL_QUEUES, get_queue
+    """A forking RQ worker that takes turns between its queues (:class:`worker.queues.Turns`:
+    priority order, but none is passed over more than a few jobs in a row)."""
+    from worker.queues import ALL_QUEUES, make_worker
 
     from .connections import check_durable, connect
 
@@ -128,9 +129,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     conn = connect(settings.redis_url)
     if settings.production:
         check_durable(conn)
-    queues = [get_queue(conn, name) for name in (args.queues or ALL_QUEUES)]
-    worker = Worker(queues, connection=conn, serializer=JSONSerializer)
-    worker.work(burst=args.burst, with_scheduler=True)
+    make_worker(conn, args.queues or ALL_QUEUES).work(burst=args.burst, with_scheduler=True)
     return 0
 
 

@@ -37,14 +37,15 @@ import redis
 import requests
 from redis.client import Pipeline
 
-from crm.errors import ShopUnavailable, TransientShopifyError, ValidationError
+from crm.errors import TransientShopifyError, ValidationError
 from crm.events import BulkOperationFinished, Event, OrderUpserted
 from crm.graphql_events import Group, groups
 from crm.profile import Profile, apply
 from crm.segments import Thresholds
 from plugin import shops
 
-from . import profile_store
+from . import profile_store, reauth
+from .app_events import Context
 from .ingest import SHOP_NUMBER_KEYS, SHOP_NUMBER_LUA, owner_key
 from .queues import BULK, default_retry, get_queue
 
@@ -154,18 +155,19 @@ def progress(conn: redis.Redis, shop: str) -> dict[str, Any]:
 # --- jobs --------------------------------------------------------------------------------------
 
 
-def start(shop: str) -> str:
-    """RQ job: start the shop's backfill (idempotent per install generation)."""
-    from .app_events import job_context
+# A pause for re-auth leaves the progress ``running``: the resume job enqueues ``start`` again
+# (worker.reauth), which starts the exports still missing and polls. A ``start`` that met the
+# pause before writing any progress is parked as well (a second start is harmless).
+@reauth.resumable(queue=BULK, key="backfill-start")
+def start(ctx: Context, shop: str) -> str:
+    """RQ job ``start(shop)``: start the shop's backfill (idempotent per install generation)."""
+    return handle_start(ctx, shop)
 
-    return handle_start(job_context(), shop)
 
-
-def poll(shop: str) -> str:
-    """RQ job: look at the running exports; stream and merge the finished ones."""
-    from .app_events import job_context
-
-    return handle_poll(job_context(), shop)
+@reauth.resumable(queue=BULK, key=None)
+def poll(ctx: Context, shop: str) -> str:
+    """RQ job ``poll(shop)``: look at the running exports; stream and merge the finished ones."""
+    return handle_poll(ctx, shop)
 
 
 def schedule_poll(conn: redis.Redis, shop: str, seconds: float = POLL_SECONDS) -> None:
@@ -191,7 +193,6 @@ def operation_finished(
 def handle_start(ctx: Any, shop: str, *, now: datetime | None = None) -> str:
     """Start both exports (those not started yet) and schedule a poll; answer what happened."""
     from plugin.graphql import BULK_OPERATION_RUN_GROUPED_QUERY
-    from plugin.tokens import fresh_access_token
 
     from . import bulk
 
@@ -222,22 +223,18 @@ def handle_start(ctx: Any, shop: str, *, now: datetime | None = None) -> str:
         return "done"
     since = None if "read_all_orders" in record.scopes else now - timedelta(days=ORDER_DAYS)
     queries = {"customers": CUSTOMERS_QUERY, "orders": orders_query(since)}
-    try:
-        token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
-    except ShopUnavailable:
-        return "stale"
-    admin = ctx.admin_client()
     started = 0
-    for kind in KINDS:
-        if current.get(f"{kind}_op"):
-            continue
-        payload = admin.execute_mutation(
-            shop, token, BULK_OPERATION_RUN_GROUPED_QUERY, {"query": queries[kind]}
-        )
-        op_id = str(payload["bulkOperation"]["id"])
-        bulk.register(conn, shop, op_id, "worker.backfill.operation_finished", kind)
-        conn.hset(key, f"{kind}_op", op_id)
-        started += 1
+    with reauth.admin_token(ctx, shop) as token:  # a 401: paused (the progress stays running)
+        for kind in KINDS:
+            if current.get(f"{kind}_op"):
+                continue
+            payload = ctx.admin_client().execute_mutation(
+                shop, token, BULK_OPERATION_RUN_GROUPED_QUERY, {"query": queries[kind]}
+            )
+            op_id = str(payload["bulkOperation"]["id"])
+            bulk.register(conn, shop, op_id, "worker.backfill.operation_finished", kind)
+            conn.hset(key, f"{kind}_op", op_id)
+            started += 1
     schedule_poll(conn, shop)
     log.info("backfill started (%d exports)", started, extra={"shop": shop})
     return "started"
@@ -246,7 +243,6 @@ def handle_start(ctx: Any, shop: str, *, now: datetime | None = None) -> str:
 def handle_poll(ctx: Any, shop: str, *, session: requests.Session | None = None) -> str:
     """One look at the exports: merge what finished; poll again while any is running."""
     from plugin.graphql import BULK_OPERATION_BY_ID
-    from plugin.tokens import fresh_access_token
 
     from .ingest import thresholds_for
 
@@ -270,8 +266,8 @@ def handle_poll(ctx: Any, shop: str, *, session: requests.Session | None = None)
             if not op_id:
                 waiting = True
                 continue
-            token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
-            data = ctx.admin_client().execute(shop, token, BULK_OPERATION_BY_ID, {"id": op_id})
+            with reauth.admin_token(ctx, shop) as token:
+                data = ctx.admin_client().execute(shop, token, BULK_OPERATION_BY_ID, {"id": op_id})
             op = data.get("bulkOperation") or {}
             status = str(op.get("status") or "")
             if status in {"CREATED", "RUNNING", "CANCELING"}:
@@ -327,8 +323,10 @@ def cancel(conn: redis.Redis, shop: str, now: datetime) -> str:
 
 
 def _still_installed(conn: redis.Redis, shop: str) -> bool:
+    """Installed, or paused for re-auth: a pause does not cancel the backfill (the export
+    files need no token; the next Admin call pauses the job, and the resume goes on)."""
     record = shops.load(conn, shop)
-    return record is not None and record.active
+    return record is not None and record.status is not shops.Status.UNINSTALLED
 
 
 # --- streaming ---------------------------------------------------------------------------------

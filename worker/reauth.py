@@ -12,6 +12,12 @@ no Admin call is made for it, and the work that meets the pause is kept:
   arguments, queue, install generation; :func:`park`);
 - a job that failed on a refused token stays in RQ's failed registry.
 
+Jobs outside the step engine (reconcile, backfill) meet the pause through :func:`resumable`:
+their Admin calls run inside :func:`admin_token` (or :func:`refused`), which turns a 401 into
+:func:`on_unauthorized`; the decorated job then parks itself (or, for the backfill, leaves it to
+step 3 below) and answers ``paused`` rather than spending its retries on a token that cannot
+work, and runs itself once more at once when a refresh replaced the token.
+
 When the merchant opens the app again and the token exchange (or the code grant) succeeds,
 :func:`plugin.shops.install_grant` answers the pause's ``reauth_id`` and the web request
 enqueues :func:`resume` once for it (:func:`schedule_resume`). The resume job, in a worker:
@@ -32,21 +38,23 @@ idempotent. Keys start with ``kizuna:{shop}:`` so ``shop/redact`` removes them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import redis
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from crm.errors import ServerError
+from crm.errors import ServerError, ShopUnavailable, Unauthorized
 from plugin import shops
-from plugin.tokens import recover_unauthorized
+from plugin.tokens import fresh_access_token, recover_unauthorized
 
 from . import app_events, enrolment_store
 from .app_events import AFTER_INSTALL_JOB, Context, job_context
@@ -90,13 +98,96 @@ def enqueue_once(
 # -- pausing ----------------------------------------------------------------------------------
 
 
+class TokenReplaced(ServerError):
+    """A 401 was answered by a new token (a refresh, ours or another worker's): run again."""
+
+
 def on_unauthorized(ctx: Context, shop: str, rejected: str) -> NoReturn:
-    """Shopify answered 401 to ``rejected``. Raise :class:`ServerError` (transient: the job
+    """Shopify answered 401 to ``rejected``. Raise :class:`TokenReplaced` (transient: the job
     retries with the token now stored) when a refresh, ours or another worker's, replaced it;
     else the shop is marked ``needs_reauth`` and :class:`ShopUnavailable` is raised."""
     recover_unauthorized(ctx.conn, ctx.settings, shop, ctx.clock, rejected)
-    raise ServerError("the access token was replaced after a 401; retry with the new one",
-                      shop=shop)  # fmt: skip
+    raise TokenReplaced("the access token was replaced after a 401; retry with the new one",
+                        shop=shop)  # fmt: skip
+
+
+@contextmanager
+def refused(ctx: Context, shop: str, token: str) -> Iterator[None]:
+    """Admin calls made with ``token``: a 401 among them goes to :func:`on_unauthorized`."""
+    try:
+        yield
+    except Unauthorized:
+        on_unauthorized(ctx, shop, token)
+
+
+@contextmanager
+def admin_token(ctx: Context, shop: str) -> Iterator[str]:
+    """The shop's access token for a block of Admin calls (:func:`refused` around them).
+
+    Raises :class:`ShopUnavailable` (the shop is uninstalled or waits for re-auth, now or after
+    a 401 no refresh fixed) or :class:`TokenReplaced`."""
+    token = fresh_access_token(ctx.conn, ctx.settings, shop, ctx.clock)
+    with refused(ctx, shop, token):
+        yield token
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Handler = Callable[Concatenate[Context, str, P], R]
+
+
+def resumable(
+    *, queue: str, key: str | None
+) -> Callable[[Handler[P, R]], Callable[Concatenate[str, P], R | str]]:
+    """Turn ``handler(ctx, shop, *args)`` into the RQ job ``handler(shop, *args)`` (same
+    dotted path), which outlives a pause for re-auth instead of failing:
+
+    - the shop waits for re-auth (already, or after a 401 no refresh fixed): the job is
+      parked under ``key`` (:func:`park`; :func:`resume` enqueues it once) and answers
+      ``paused``; with ``key=None`` nothing is parked: :func:`resume` restarts that work
+      itself (the backfill, from its progress);
+    - the shop is uninstalled: ``stale``;
+    - a refresh replaced the token after a 401: the handler runs once more at once (jobs are
+      idempotent), so the refresh spends none of the job's retries;
+    - ``ShopUnavailable`` for a shop still installed (Shopify answered 402/423: frozen or
+      locked; or a re-auth landed meanwhile): raised, for RQ's retry.
+    """
+
+    def decorate(handler: Handler[P, R]) -> Callable[Concatenate[str, P], R | str]:
+        path = f"{handler.__module__}.{handler.__name__}"
+
+        @functools.wraps(handler)
+        def job(shop: str, *args: P.args, **kwargs: P.kwargs) -> R | str:
+            ctx = job_context()
+            for attempt in (1, 2):
+                if _status(ctx.conn, shop) == shops.Status.NEEDS_REAUTH:
+                    return _paused(ctx.conn, shop, path, args, queue, key)
+                try:
+                    return handler(ctx, shop, *args, **kwargs)
+                except TokenReplaced:
+                    if attempt == 2:
+                        raise
+                except ShopUnavailable:
+                    status = _status(ctx.conn, shop)
+                    if status == shops.Status.NEEDS_REAUTH:
+                        return _paused(ctx.conn, shop, path, args, queue, key)
+                    if status == shops.Status.INSTALLED:
+                        raise
+                    return "stale"
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return job
+
+    return decorate
+
+
+def _paused(
+    conn: redis.Redis, shop: str, func: str, args: Sequence[Any], queue: str, key: str | None
+) -> str:
+    if key is not None:
+        park(conn, shop, func, (shop, *args), queue=queue, key=key)
+    log.info("%s paused until the shop is re-authorised", func, extra={"shop": shop})
+    return "paused"
 
 
 def pause_step(

@@ -24,12 +24,15 @@ from typing import Any
 
 import redis
 
-from crm.errors import ShopUnavailable, ValidationError
+from crm.errors import ValidationError
 from crm.events import Event, OrderUpserted
 from crm.graphql_events import customer_events, order_event
+from crm.segments import Thresholds
 from plugin import shops
 
-from . import backfill, periodic, profile_store, search_index
+from . import backfill, periodic, profile_store, reauth, search_index
+from .app_events import Context
+from .queues import BULK
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +62,11 @@ def schedule_all(conn: redis.Redis, now: datetime) -> list[str]:
     return periodic.schedule_all(conn, SCHEDULE, now)
 
 
-def run(shop: str) -> dict[str, Any] | str:
-    """RQ job: reconcile one shop since its watermark."""
-    from .app_events import job_context
-
-    return reconcile_shop(job_context(), shop)
+@reauth.resumable(queue=BULK, key="reconcile")
+def run(ctx: Context, shop: str) -> dict[str, Any] | str:
+    """RQ job ``run(shop)``: reconcile one shop since its watermark. A shop waiting for
+    re-auth keeps one reconcile parked, run after the re-auth (:func:`worker.reauth.resume`)."""
+    return reconcile_shop(ctx, shop)
 
 
 # --- the work ----------------------------------------------------------------------------------
@@ -73,9 +76,11 @@ def reconcile_shop(
     ctx: Any, shop: str, *, since: datetime | None = None, now: datetime | None = None
 ) -> dict[str, Any] | str:
     """Read customers and orders updated since ``since`` (default: the watermark less the
-    overlap) and merge them; answer counts, or ``"stale"`` for a shop not installed."""
-    from plugin.tokens import fresh_access_token
+    overlap) and merge them; answer counts, or ``"stale"`` for a shop not installed.
 
+    A 401 that no refresh fixes marks the shop ``needs_reauth`` and raises
+    :class:`~crm.errors.ShopUnavailable` (:func:`worker.reauth.admin_token`); the watermark
+    stays, so the next run reads what this one did not."""
     from .ingest import thresholds_for
 
     conn: redis.Redis = ctx.conn
@@ -92,43 +97,18 @@ def reconcile_shop(
             if mark
             else started - FIRST_LOOKBACK
         )
-    try:
-        token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
-    except ShopUnavailable:
-        return "stale"
-    admin = ctx.admin_client()
-    query = f"updated_at:>'{_iso(since)}'"
-    thresholds = thresholds_for(conn, shop)
     counts = {"customers": 0, "orders": 0, "changed": 0, "skipped": 0}
     changed: set[int] = set()
-    from plugin.graphql import CUSTOMERS_UPDATED_SINCE, ORDERS_UPDATED_SINCE
-
-    for kind, document in (
-        ("customers", CUSTOMERS_UPDATED_SINCE),
-        ("orders", ORDERS_UPDATED_SINCE),
-    ):
-        for nodes in _pages(admin, shop, token, document, kind, query):
-            by_customer: dict[int, list[Event]] = {}
-            for node in nodes:
-                counts[kind] += 1
-                try:
-                    found = customer_events(node) if kind == "customers" else [order_event(node)]
-                except ValidationError as exc:
-                    counts["skipped"] += 1
-                    log.warning("reconcile: %s skipped: %s", kind, exc, extra={"shop": shop})
-                    continue
-                for event in found:
-                    if isinstance(event, OrderUpserted) and event.customer_id is None:
-                        continue
-                    by_customer.setdefault(event.customer_ids[0], []).append(event)
-            if by_customer:
-                changed |= set(
-                    backfill.merge_events(
-                        conn, shop, by_customer, now=started, thresholds=thresholds
-                    )
-                )
+    thresholds = thresholds_for(conn, shop)
+    try:
+        with reauth.admin_token(ctx, shop) as token:
+            for kind, nodes in _changes(ctx.admin_client(), shop, token, since):
+                changed |= _merge_page(conn, shop, kind, nodes, started, thresholds, counts)
+    finally:
+        # Also when a pause or an error stops the run: a re-run finds these profiles merged
+        # already (unchanged), so it would not tell the sequence engine about them.
+        _notify(conn, shop, sorted(changed))
     counts["changed"] = len(changed)
-    _notify(conn, shop, sorted(changed))
     conn.hset(
         state_key(shop),
         mapping={"watermark": started.isoformat(), "last_run": ctx.clock.now().isoformat(),
@@ -136,6 +116,50 @@ def reconcile_shop(
     )  # fmt: skip
     log.info("reconciled: %s", counts, extra={"shop": shop})
     return counts
+
+
+def _merge_page(
+    conn: redis.Redis,
+    shop: str,
+    kind: str,
+    nodes: list[Mapping[str, Any]],
+    now: datetime,
+    thresholds: Thresholds,
+    counts: dict[str, int],
+) -> set[int]:
+    """Merge one page of customers or orders; count them; answer the customers changed."""
+    by_customer: dict[int, list[Event]] = {}
+    for node in nodes:
+        counts[kind] += 1
+        try:
+            found = customer_events(node) if kind == "customers" else [order_event(node)]
+        except ValidationError as exc:
+            counts["skipped"] += 1
+            log.warning("reconcile: %s skipped: %s", kind, exc, extra={"shop": shop})
+            continue
+        for event in found:
+            if isinstance(event, OrderUpserted) and event.customer_id is None:
+                continue
+            by_customer.setdefault(event.customer_ids[0], []).append(event)
+    if not by_customer:
+        return set()
+    return set(backfill.merge_events(conn, shop, by_customer, now=now, thresholds=thresholds))
+
+
+def _changes(
+    admin: Any, shop: str, token: str, since: datetime
+) -> Iterator[tuple[str, list[Mapping[str, Any]]]]:
+    """``(kind, page of nodes)``: the customers, then the orders, updated since ``since``."""
+    from plugin.graphql import CUSTOMERS_UPDATED_SINCE, ORDERS_UPDATED_SINCE
+
+    query = f"updated_at:>'{_iso(since)}'"
+
+    for kind, document in (
+        ("customers", CUSTOMERS_UPDATED_SINCE),
+        ("orders", ORDERS_UPDATED_SINCE),
+    ):
+        for nodes in _pages(admin, shop, token, document, kind, query):
+            yield kind, nodes
 
 
 def _pages(

@@ -117,7 +117,11 @@ def restored(
 
 
 def coupon_checker(admin: Any, shop: str, token: str) -> Any:
-    """``coupon_is_theirs`` for :func:`restored`, reading Shopify."""
+    """``coupon_is_theirs`` for :func:`restored`, reading Shopify with ``token``.
+
+    A refused token raises :class:`~crm.errors.Unauthorized` out of :func:`restored`; the
+    caller runs it under :func:`worker.reauth.refused`, which refreshes the token or pauses the
+    shop (the evaluation is then parked and runs again after the re-auth)."""
 
     def check(code: str, owner_gid: str) -> bool:
         node = writeback.lookup_coupon(admin, shop, token, code)

@@ -651,7 +651,12 @@ def _restore_one(
         reauth.park_evaluation(ctx.conn, shop, profile.customer_id)
         return 0
     check = restore.coupon_checker(ctx.admin_client(), shop, token)
-    found = restore.restored(profile, seq, now, state.rules, segments, check)
+    try:
+        with reauth.refused(ctx, shop, token):
+            found = restore.restored(profile, seq, now, state.rules, segments, check)
+    except ShopUnavailable:  # a 401 no refresh fixed: evaluated again after the re-auth
+        reauth.park_evaluation(ctx.conn, shop, profile.customer_id)
+        return 0
     if found is None:
         return None
     cid = profile.customer_id
@@ -758,10 +763,7 @@ def handle_batch(ctx: Context, shop: str, sequence_id: str, batch_id: str) -> st
         state = shop_state(ctx, shop)
         token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
     except ShopUnavailable:
-        for cid in ids:
-            reauth.pause_step(conn, shop, cid, sequence_id, now, PAUSE_RETRY)
-        conn.delete(f"{key}:ids")
-        return "paused"
+        return _pause_batch(conn, shop, sequence_id, batch_id, ids, now)
     plan: dict[str, str] = {}
     adds: list[dict[str, Any]] = []
     removes: list[dict[str, Any]] = []
@@ -817,14 +819,18 @@ def handle_batch(ctx: Context, shop: str, sequence_id: str, batch_id: str) -> st
             )
     ops: dict[str, str] = {}  # operation id -> "add" | "remove" | "metafields"
     admin = ctx.admin_client()
-    for kind, doc, lines in (("add", CUSTOMER_TAGS_ADD, adds),
-                             ("remove", CUSTOMER_TAGS_REMOVE, removes),
-                             ("metafields", METAFIELDS_SET, fields)):  # fmt: skip
-        if lines:
-            op_id = writeback.start_bulk_mutation(
-                admin, shop, token, doc, lines, client_identifier=f"kizuna-{batch_id}"
-            )
-            ops[op_id] = kind
+    try:
+        with reauth.refused(ctx, shop, token):  # a 401: paused, or retried with a new token
+            for kind, doc, lines in (("add", CUSTOMER_TAGS_ADD, adds),
+                                     ("remove", CUSTOMER_TAGS_REMOVE, removes),
+                                     ("metafields", METAFIELDS_SET, fields)):  # fmt: skip
+                if lines:
+                    op_id = writeback.start_bulk_mutation(
+                        admin, shop, token, doc, lines, client_identifier=f"kizuna-{batch_id}"
+                    )
+                    ops[op_id] = kind
+    except ShopUnavailable:
+        return _pause_batch(conn, shop, sequence_id, batch_id, ids, now)
     with conn.pipeline(transaction=True) as pipe:
         if plan:
             pipe.hset(f"{key}:plan", mapping=plan)  # type: ignore[arg-type]
@@ -849,6 +855,16 @@ def handle_batch(ctx: Context, shop: str, sequence_id: str, batch_id: str) -> st
         _drop_batch(conn, shop, batch_id, ops)
         return f"no bulk work; {len(single)} single steps"
     return handle_finish_batch(ctx, shop, batch_id)
+
+
+def _pause_batch(
+    conn: redis.Redis, shop: str, sequence_id: str, batch_id: str, ids: list[int], now: datetime
+) -> str:
+    """The shop is paused: each customer's step back in the schedule (noted for the resume)."""
+    for cid in ids:
+        reauth.pause_step(conn, shop, cid, sequence_id, now, PAUSE_RETRY)
+    conn.delete(f"{batch_key(shop, batch_id)}:ids")
+    return "paused"
 
 
 def _with_decision_detail(decisions: list[Decision], summary: dict[str, Any]) -> list[Decision]:
@@ -931,7 +947,12 @@ def handle_finish_batch(
         reauth.park_finish_batch(conn, shop, batch_id)  # finished after a re-auth
         return "paused"  # else the leases run out and the steps are claimed again later
     admin = ctx.admin_client()
-    finished = _wait_for(admin, shop, token, list(ops), poll_seconds)
+    try:
+        with reauth.refused(ctx, shop, token):
+            finished = _wait_for(admin, shop, token, list(ops), poll_seconds)
+    except ShopUnavailable:  # a 401 no refresh fixed
+        reauth.park_finish_batch(conn, shop, batch_id)
+        return "paused"
     failed_lines: dict[str, set[int]] = {}
     for op_id, op in finished.items():
         bad: set[int] = set()

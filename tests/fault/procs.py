@@ -1,7 +1,8 @@
 """Worker and scheduler processes for the fault tests, with kill and stop points.
 
 ``python -m tests.fault.procs worker [--burst]``
-    A real ``rq.Worker`` on every queue: it forks one work-horse per job, as in production.
+    The real worker on every queue (``kizuna worker``'s :class:`worker.queues.KizunaWorker`):
+    it forks one work-horse per job, as in production.
     ``KIZUNA_FAULT_KILL`` (comma-separated point names) arms kill points in ``run_step`` jobs:
     the work-horse SIGKILLs itself the first time each job reaches an armed point (a Redis key
     per job and point remembers it), so RQ sees a horse die mid-step and its ``Retry`` (or the
@@ -44,8 +45,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from rq import Worker, get_current_job
-from rq.serializers import JSONSerializer
+from rq import get_current_job
 
 KILL_ENV = "KIZUNA_FAULT_KILL"
 READ_TIMEOUT_ENV = "KIZUNA_FAULT_READ_TIMEOUT"
@@ -152,15 +152,13 @@ def preload() -> None:
 
 
 def run_worker(burst: bool) -> int:
-    from worker.queues import ALL_QUEUES, get_queue
+    """The worker ``kizuna worker`` runs (:func:`worker.queues.make_worker`), without its
+    scheduler thread."""
+    from worker.queues import make_worker
 
     preload()
 
-    conn = _conn()
-    worker = Worker(
-        [get_queue(conn, n) for n in ALL_QUEUES], connection=conn, serializer=JSONSerializer
-    )
-    worker.work(burst=burst, with_scheduler=False)
+    make_worker(_conn()).work(burst=burst, with_scheduler=False)
     return 0
 
 

@@ -80,10 +80,13 @@ def test_step_paused_by_a_revoked_token_runs_once_after_reauth(stack: Stack) -> 
     assert enr is not None and enr.due_at == BIRTHDAY_STEP
 
     revoke_tokens(stack)
-    # A job outside the steps meets the 401 first and fails (no retries, to see it fail now).
-    failing = get_queue(stack.conn, BULK).enqueue(
-        "worker.reconcile.run", args=(SHOP,), job_id="reconcile-during-revocation"
-    )
+    # A job without a pause path meets the 401 first and fails (no retries, to see it fail now).
+    record = shops.load(stack.conn, SHOP)
+    assert record is not None
+    failing = get_queue(stack.conn, DEFAULT).enqueue(
+        "worker.app_events.after_install", args=(SHOP, record.generation),
+        job_id="after-install-during-revocation",
+    )  # fmt: skip
     stack.work()
     assert failing.get_status(refresh=True) == JobStatus.FAILED
 
