@@ -10,7 +10,10 @@ Every part may run again after a crash or a retry and leave the same state:
   and the metafields carry that expiry, not a recomputed one;
 - metafields: ``metafieldsSet`` in calls of at most 25 (each call is atomic on Shopify's side);
 - Flow: ``flowTriggerReceive`` fires once per step: a marker is set after it succeeded and
-  checked before (a crash between the two may fire it twice; never zero times).
+  checked before. The mutation takes no idempotency key (Shopify's ``@idempotent`` directive is
+  not documented for it), so a call that timed out after Shopify ran it, or a crash between
+  the call and the marker, fires it again: at least once, never zero times. The payload's
+  ``occurrence`` is the same for such a repeat.
 
 Transient errors (:class:`~crm.errors.TransientShopifyError`) propagate so RQ retries the job;
 permanent ones (:class:`~crm.errors.PermanentShopifyError`) propagate too and the step job
