@@ -8,7 +8,9 @@ profile built from the API equals one built from the webhooks of the same histor
 - :func:`customer_events` — a ``Customer`` node (``CustomersUpdatedSince`` / ``CustomerById``
   selection, or a bulk row plus its ``Metafield`` child rows) → ``CustomerUpserted`` (identity,
   address, consent, tags snapshot, metafields), ``PurchasingSummary`` (Shopify's count and
-  spend) and ``CustomerStatistics`` (``rfmGroup``) when selected.
+  spend, and ``lastOrder { id }`` as the ``last_order_id`` the ``customers/purchasing_summary``
+  webhook fills, which places the count among our orders) and ``CustomerStatistics``
+  (``rfmGroup``) when selected.
 - :func:`order_event` — an ``Order`` node (``OrdersUpdatedSince`` selection, or a bulk row plus
   its ``LineItem`` child rows) → ``OrderUpserted``. ``paid_at`` is ``processedAt`` for an order
   Shopify reports paid (the webhook path takes the same value from ``orders/create``).

@@ -18,12 +18,11 @@ from rq import get_current_job
 from rq.job import Job, JobStatus
 from rq.registry import DeferredJobRegistry, ScheduledJobRegistry
 
-from crm.errors import ShopUnavailable, UserErrors
+from crm.errors import UserErrors
 from plugin import shops
 from plugin.clock import Clock, DevClock, SystemClock
 from plugin.connections import connect
 from plugin.settings import Settings
-from plugin.tokens import fresh_access_token
 
 from . import deliveries, drain
 from .queues import ALL_QUEUES, BULK, DEFAULT, enqueue, get_queue
@@ -98,22 +97,32 @@ def schedule_after_install(conn: redis.Redis, shop: str, generation: str) -> boo
 
 
 def after_install(shop: str, generation: str) -> str:
-    """RQ job: enable the birth-date metafield, read facts, enqueue the backfill."""
-    return handle_after_install(job_context(), shop, generation)
+    """RQ job: enable the birth-date metafield, read facts, enqueue the backfill.
+
+    A shop waiting for re-auth (already, or after a 401 no refresh fixed) answers ``paused``
+    without failing: the resume job runs it again while the install's after-install work is
+    not done (:func:`worker.reauth.handle_resume`, step 3), so nothing is parked and no failed
+    job is left for the resume to re-queue a second time (:func:`worker.reauth.resumable`)."""
+    from .reauth import resumable  # reauth imports this module
+
+    job = resumable(queue=DEFAULT, key=None)(handle_after_install)
+    return job(shop, generation)
 
 
 def handle_after_install(ctx: Context, shop: str, generation: str) -> str:
+    """Raises :class:`~crm.errors.ShopUnavailable` (the shop is uninstalled or waits for
+    re-auth, now or after a 401) or :class:`worker.reauth.TokenReplaced`, which
+    :func:`after_install` sorts out."""
+    from .reauth import admin_token
+
     record = shops.load(ctx.conn, shop)
     if record is None or record.generation != generation:
         return "stale"  # uninstalled and maybe reinstalled since: that install has its own job
-    try:
-        token = fresh_access_token(ctx.conn, ctx.settings, shop, ctx.clock)
-    except ShopUnavailable:
-        return "paused"  # re-auth re-enqueues nothing: the next install generation does
     admin = ctx.admin_client()
-    if record.facts is None:
-        fetch_shop_facts(ctx.conn, ctx.settings, shop, token, admin=admin)
-    enable_birth_date(admin, shop, token)
+    with admin_token(ctx, shop) as token:
+        if record.facts is None:
+            fetch_shop_facts(ctx.conn, ctx.settings, shop, token, admin=admin)
+        enable_birth_date(admin, shop, token)
     # Per-shop webhook subscriptions with API-only options (metafieldNamespaces…) would be
     # created here; none is needed today: app.toml declares every subscription.
     enqueue_once(

@@ -2,13 +2,14 @@
 
 ``start(shop)`` (queue ``bulk``; enqueued once per install generation by
 :mod:`worker.app_events` as ``backfill-{handle}-{generation}``) starts two bulk queries —
-customers (with their ``facts.birth_date`` metafield) and orders (line items, fulfillments;
-the last :data:`ORDER_DAYS` days unless the shop granted ``read_all_orders``) — and schedules
-:func:`poll`. ``poll`` asks Shopify how each operation is doing and, once one completes,
-streams its JSONL line by line (``requests`` streaming; one parent row and its children in
-memory at a time, see :class:`crm.graphql_events.BulkGroups`), turns rows into the events
-webhooks would have produced, and merges them in batches of :data:`BATCH` parents, each batch
-in one optimistic transaction with its checkpoint. The ``bulk_operations/finish`` webhook
+customers (with their ``facts.birth_date`` metafield, Shopify's order count and the last order
+it counts) and orders (line items, fulfillments; the last :data:`ORDER_DAYS` days unless the
+shop granted ``read_all_orders``) — and schedules :func:`poll`. ``poll`` asks Shopify how
+each operation is doing and, once one completes, streams its JSONL line by line (``requests``
+streaming; one parent row and its children in memory at a time, see
+:class:`crm.graphql_events.BulkGroups`), turns rows into the events webhooks would have
+produced, and merges them in batches of :data:`BATCH` parents, each batch in one optimistic
+transaction with its checkpoint. The ``bulk_operations/finish`` webhook
 (:mod:`worker.bulk`) only enqueues ``poll`` sooner.
 
 Progress (``kizuna:{shop}:backfill``, a hash, read by ``GET /api/backfill``): ``status``
@@ -66,6 +67,7 @@ CUSTOMER_FIELDS = """
         updatedAt
         tags
         numberOfOrders
+        lastOrder { id }
         amountSpent { amount currencyCode }
         defaultEmailAddress { emailAddress marketingState marketingUpdatedAt }
         defaultPhoneNumber { phoneNumber }

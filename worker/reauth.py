@@ -12,11 +12,12 @@ no Admin call is made for it, and the work that meets the pause is kept:
   arguments, queue, install generation; :func:`park`);
 - a job that failed on a refused token stays in RQ's failed registry.
 
-Jobs outside the step engine (reconcile, backfill) meet the pause through :func:`resumable`:
-their Admin calls run inside :func:`admin_token` (or :func:`refused`), which turns a 401 into
-:func:`on_unauthorized`; the decorated job then parks itself (or, for the backfill, leaves it to
-step 3 below) and answers ``paused`` rather than spending its retries on a token that cannot
-work, and runs itself once more at once when a refresh replaced the token.
+Jobs outside the step engine (reconcile, backfill, after-install) meet the pause through
+:func:`resumable`: their Admin calls run inside :func:`admin_token` (or :func:`refused`), which
+turns a 401 into :func:`on_unauthorized`; the decorated job then parks itself (or, for the
+backfill's poll and the after-install job, leaves it to step 3 below) and answers ``paused``
+rather than spending its retries on a token that cannot work, and runs itself once more at once
+when a refresh replaced the token.
 
 When the merchant opens the app again and the token exchange (or the code grant) succeeds,
 :func:`plugin.shops.install_grant` answers the pause's ``reauth_id`` and the web request

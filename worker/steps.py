@@ -617,19 +617,35 @@ def _evaluate_one(
             and (new is None or not new.active or new.cycle != enr.cycle)
             and not any(d.reason == "customer_deleted" for d in result.decisions)
         )
-        if ended_cycle:
-            assert enr is not None
-            try:
-                token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
-            except ShopUnavailable:
-                reauth.park_evaluation(conn, shop, customer_id)
-                return 0
-            writeback.write_effects(ctx.admin_client(), shop, token, exit_effects(seq, customer_id))
+        if ended_cycle and not _write_exit(ctx, shop, seq, customer_id):
+            return 0
         if enrolment_store.commit(conn, shop, customer_id, seq_id, raw, new, log=decisions):
             if held is not None and held.mark is not None:
                 conn.hset(holdout_key(shop, seq_id), str(customer_id), held.mark)
             return 1
     raise ServerError(f"enrolment {customer_id}:{seq_id} kept changing", shop=shop)
+
+
+def _write_exit(ctx: Context, shop: str, seq: Sequence, customer_id: int) -> bool:
+    """Remove the ended cycle's tags in Shopify; answer False when the shop is paused for
+    re-auth (now, or after a 401 no refresh fixed): the evaluation is parked and runs again
+    after the re-auth, as nothing was committed.
+
+    A refresh that replaced the token raises :class:`~worker.reauth.TokenReplaced` (RQ runs
+    the evaluation again); a shop still installed that Shopify refuses otherwise (402, 423)
+    raises :class:`ShopUnavailable`, for RQ's retry rather than a park no re-auth would end.
+    """
+    try:
+        token = fresh_access_token(ctx.conn, ctx.settings, shop, ctx.clock)
+        with reauth.refused(ctx, shop, token):
+            writeback.write_effects(ctx.admin_client(), shop, token, exit_effects(seq, customer_id))
+    except ShopUnavailable:
+        record = shops.load(ctx.conn, shop)
+        if record is not None and record.status is shops.Status.INSTALLED:
+            raise
+        reauth.park_evaluation(ctx.conn, shop, customer_id)
+        return False
+    return True
 
 
 def _restore_one(

@@ -16,6 +16,8 @@ import pytest
 import redis
 import requests
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+from rq.serializers import JSONSerializer
 
 from plugin import shops
 from plugin.clock import FixedClock
@@ -23,9 +25,9 @@ from plugin.crypto import TokenCipher
 from plugin.settings import Settings
 from tests.fixtures.stack import AppKeys, Installed, Stacks
 from tests.fixtures.stack import ShopStack as Stack
-from worker import backfill, decision_log, enrolment_store, reauth
-from worker.app_events import Context, job_context
-from worker.queues import BULK, DEFAULT, get_queue
+from worker import app_events, backfill, decision_log, enrolment_store, reauth
+from worker.app_events import AFTER_INSTALL_JOB, Context, job_context
+from worker.queues import ALL_QUEUES, BULK, DEFAULT, DEFAULT_RETRY_INTERVALS, get_queue
 from worker.scheduler import tick
 
 KEYS = AppKeys("kizuna-reauth-client-id", "kizuna-reauth-client-secret-0123456789abcdef")
@@ -68,27 +70,34 @@ def step_done(stack: Stack, cid: int, seq_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def after_install_runs(stack: Stack) -> list[Any]:
+    """What each finished after-install job answered, oldest first."""
+    queue = get_queue(stack.conn, DEFAULT)
+    ids = FinishedJobRegistry(queue=queue).get_job_ids()
+    jobs = [
+        j
+        for j in Job.fetch_many(ids, connection=stack.conn, serializer=queue.serializer)
+        if j is not None and j.func_name == AFTER_INSTALL_JOB
+    ]
+    return [j.return_value() for j in sorted(jobs, key=lambda j: j.ended_at or START)]
+
+
+def no_failed_jobs(stack: Stack) -> bool:
+    return all(FailedJobRegistry(queue=get_queue(stack.conn, q)).count == 0 for q in ALL_QUEUES)
+
+
 def test_step_paused_by_a_revoked_token_runs_once_after_reauth(stack: Stack) -> None:
     """A revoked token: the due step must not fail the enrolment nor write anything; the shop
     waits for re-auth. After the app is opened again and a worker has run, the step must have
     run exactly once (one coupon, one ``step_done``), the customer who arrived during the pause
-    must have been evaluated, and the job that failed on the 401 must have been re-queued and
-    run once. A second page load and more ticks must change nothing."""
+    must have been evaluated, and no job may have failed. A second page load and more ticks
+    must change nothing."""
     seq_id = stack.sequence("birthday_coupon")
     cid = birthday_customer(stack, "kei@example.com", "1990-08-15")
     enr = enrolment_store.load(stack.conn, SHOP, seq_id, cid)
     assert enr is not None and enr.due_at == BIRTHDAY_STEP
 
     revoke_tokens(stack)
-    # A job without a pause path meets the 401 first and fails (no retries, to see it fail now).
-    record = shops.load(stack.conn, SHOP)
-    assert record is not None
-    failing = get_queue(stack.conn, DEFAULT).enqueue(
-        "worker.app_events.after_install", args=(SHOP, record.generation),
-        job_id="after-install-during-revocation",
-    )  # fmt: skip
-    stack.work()
-    assert failing.get_status(refresh=True) == JobStatus.FAILED
 
     stack.advance_to(BIRTHDAY_STEP.replace(minute=5))  # the step is due and meets the 401
     record = shops.load(stack.conn, SHOP)
@@ -124,9 +133,7 @@ def test_step_paused_by_a_revoked_token_runs_once_after_reauth(stack: Stack) -> 
     arrived = enrolment_store.load(stack.conn, SHOP, seq_id, later)
     assert arrived is not None and arrived.active
     assert arrived.due_at == datetime(2026, 9, 1, 1, 0, tzinfo=UTC)
-    rerun = Job.fetch(failing.id, connection=stack.conn, serializer=failing.serializer)
-    assert rerun.get_status() == JobStatus.FINISHED
-    assert len(list(rerun.results())) == 2  # the failure, then the one run after the re-auth
+    assert no_failed_jobs(stack)
     assert not stack.conn.exists(reauth.paused_steps_key(SHOP), reauth.paused_jobs_key(SHOP))
 
     # Opening the app again, ticking and working once more: nothing runs a second time.
@@ -136,8 +143,87 @@ def test_step_paused_by_a_revoked_token_runs_once_after_reauth(stack: Stack) -> 
     stack.work()
     assert len(stack.customer_view(cid)["discount_codes"]) == 1
     assert len(step_done(stack, cid, seq_id)) == 1
-    rerun = Job.fetch(failing.id, connection=stack.conn, serializer=failing.serializer)
-    assert len(list(rerun.results())) == 2
+
+
+def test_after_install_meeting_a_revoked_token_runs_once_after_reauth(stack: Stack) -> None:
+    """The after-install job (not done yet) meets the revoked token. It must pause the shop and
+    answer ``paused``, neither failing nor spending a retry, and park nothing; after the re-auth
+    the resume must run it once (the install's work done, the backfill queued), not twice (no
+    failed copy left for the resume to re-queue besides its own re-run), and opening the app
+    again must run it no more."""
+    revoke_tokens(stack)
+    record = shops.load(stack.conn, SHOP)
+    assert record is not None and not record.after_install_done
+    assert app_events.schedule_after_install(stack.conn, SHOP, record.generation)  # as at install
+    stack.work()
+    paused = Job.fetch(f"after-install-{shops.shop_handle(SHOP)}-{record.generation}",
+                       connection=stack.conn, serializer=JSONSerializer)  # fmt: skip
+
+    assert paused.get_status(refresh=True) == JobStatus.FINISHED
+    assert paused.return_value() == "paused"
+    assert paused.retries_left == len(DEFAULT_RETRY_INTERVALS)
+    assert no_failed_jobs(stack)
+    record = shops.load(stack.conn, SHOP)
+    assert record is not None and record.status is shops.Status.NEEDS_REAUTH
+    assert "refused the access token" in (record.reauth_reason or "")
+    assert not stack.conn.exists(reauth.paused_jobs_key(SHOP))
+
+    assert open_app(stack).status_code == 200
+    stack.work()  # the resume, then the after-install job it queued
+    record = shops.load(stack.conn, SHOP)
+    assert record is not None and record.after_install_done
+    assert after_install_runs(stack) == ["paused", "done"]
+    assert backfill.progress(stack.conn, SHOP)["status"] == "running"  # queued by that run
+    assert no_failed_jobs(stack)
+    assert open_app(stack).status_code == 200
+    stack.work()
+    assert after_install_runs(stack) == ["paused", "done"]
+
+
+def test_an_exit_meeting_a_revoked_token_removes_its_tags_after_reauth(stack: Stack) -> None:
+    """A replenishment customer got the first step's tag; Shopify then revokes the token and
+    the customer reorders, so the evaluation ends the cycle and removes its tags in Shopify,
+    which answers 401. The evaluation must not fail: the shop waits for re-auth, the evaluation
+    is parked, the enrolment and the tag stay as they were. After the re-auth the exit must
+    happen once: the tag gone, one ``exited``/``new_order``, the series restarted."""
+    product = stack.ctl("/products", {"title": "Vitamin C 30 days", "variants": [{"price": "30"}]})
+    seq_id = stack.sequence("replenishment", trigger={"product_ids": [int(product["id"])]})
+    cid = stack.subscribed_customer("aoi@example.com")
+    stack.order(cid, product)
+    stack.sync(cid)
+    stack.advance_to(datetime(2026, 7, 26, 1, 1, tzinfo=UTC))  # 10:01 in Tokyo: the reminder
+    tag = f"kizuna:{seq_id}:reminder"
+    assert tag in stack.tags(cid)
+    before = enrolment_store.load(stack.conn, SHOP, seq_id, cid)
+    assert before is not None and before.active and before.next_step == 1
+
+    revoke_tokens(stack)
+    stack.clock.set(datetime(2026, 7, 28, 3, 0, tzinfo=UTC))
+    stack.order(cid, product)
+    stack.sync(cid)
+
+    record = shops.load(stack.conn, SHOP)
+    assert record is not None and record.status is shops.Status.NEEDS_REAUTH
+    assert "refused the access token" in (record.reauth_reason or "")
+    assert stack.conn.hexists(reauth.paused_jobs_key(SHOP), f"eval:{cid}")
+    assert no_failed_jobs(stack)
+    assert enrolment_store.load(stack.conn, SHOP, seq_id, cid) == before
+    assert tag in stack.tags(cid)
+
+    assert open_app(stack).status_code == 200
+    stack.work()  # the resume, then the parked evaluation
+
+    assert not any(t.startswith(f"kizuna:{seq_id}:") for t in stack.tags(cid))
+    exits = [
+        (e["decision"], e["reason"])
+        for e in decision_log.read(stack.conn, SHOP, cid)
+        if e["sequence"] == seq_id and e["decision"] == "exited"
+    ]
+    assert exits == [("exited", "new_order")]
+    after = enrolment_store.load(stack.conn, SHOP, seq_id, cid)
+    assert after is not None and after.active and after.next_step == 0
+    assert after.cycle != before.cycle
+    assert no_failed_jobs(stack)
 
 
 def test_resume_for_a_stale_pause_changes_nothing(stack: Stack) -> None:

@@ -15,13 +15,16 @@ from typing import Any
 
 import pytest
 
+from crm.enrolment import earlier_orders
 from devstore import payloads
 from devstore.state import Store, iso
 from plugin import shops
+from plugin.crypto import TokenCipher
 from tests.fixtures.stack import AppKeys, Installed, Stacks
 from tests.fixtures.stack import ShopStack as Stack
 from worker import backfill, decision_log, enrolment_store, profile_store
 from worker.app_events import Context
+from worker.backfill import progress_key
 
 KEYS = AppKeys("kizuna-returning-client-id", "kizuna-returning-client-secret-0123456789")
 SHOP = "returning-shop.myshopify.com"
@@ -158,3 +161,64 @@ def test_a_customer_who_bought_before_the_window_is_not_welcomed_and_reaches_ord
     tags = stack.tags(returning)
     assert any(t.startswith(f"kizuna:{gift}:") for t in tags)
     assert not any(t.startswith(f"kizuna:{welcome}:") for t in tags)
+
+
+def complete_export(stack: Stack, kind: str) -> None:
+    """Shopify finishes the backfill's ``kind`` export now (the devstore runs an operation's
+    query on its second poll): its snapshot is taken before what happens next."""
+    raw = stack.conn.hget(progress_key(SHOP), f"{kind}_op")
+    assert isinstance(raw, bytes)
+    record = shops.load(stack.conn, SHOP)
+    assert record is not None
+    token = shops.decrypt_access_token(TokenCipher.from_settings(stack.settings), record)
+    query = "query($id: ID!) { bulkOperation(id: $id) { status } }"
+    for expected in ("RUNNING", "COMPLETED"):
+        r = stack.devstore.session.post(
+            stack.devstore.graphql_url(SHOP),
+            json={"query": query, "variables": {"id": raw.decode()}},
+            headers={"X-Shopify-Access-Token": token},
+            timeout=30,
+        )
+        assert r.status_code == 200 and "errors" not in r.json(), r.text
+        assert r.json()["data"]["bulkOperation"]["status"] == expected
+
+
+def test_a_backfilled_count_naming_an_order_we_do_not_hold_is_anchored_by_it(
+    stack: Stack,
+) -> None:
+    """A customer bought 200 days (outside the window) and 10 days before the install. The
+    orders export finishes, then the customer orders again before the customers export
+    finishes, and that order's webhook is still on the way: the backfill's count (3) covers an
+    order we do not hold. The count names it as the last order, so it must not be taken for an
+    order before ours: one earlier order, not two; and once the webhook arrives, still one."""
+    product = stack.ctl("/products", {"title": "Green tea", "variants": [{"price": "1200"}]})
+    cid = seed_customer(stack, "anchor@example.com", product, [200, 10])
+    ctx = Context(conn=stack.conn, settings=stack.settings, clock=stack.clock)
+    assert backfill.handle_start(ctx, SHOP) == "started"
+    complete_export(stack, "orders")
+    store = quiet_store(stack)
+    late = store.create_order(
+        SHOP,
+        {
+            "customer": {"id": cid},
+            "line_items": [{"variant_id": product["variants"][0]["id"], "quantity": 1}],
+            "financial_status": "paid",
+        },
+    )
+    for _ in range(5):
+        if backfill.handle_poll(ctx, SHOP) == "done":
+            break
+    assert backfill.progress(stack.conn, SHOP)["status"] == "done"
+
+    profile = profile_store.load(stack.conn, SHOP, cid)
+    assert profile is not None and late["id"] not in profile.orders and len(profile.orders) == 1
+    assert profile.shopify_order_count == 3
+    assert earlier_orders(profile) == 1
+    assert profile.shopify_last_order_id == late["id"]
+
+    stack.devstore.emit(SHOP, "orders/create", payloads.order(store, SHOP, late))
+    stack.devstore.flush_webhooks()
+    stack.work()
+    profile = profile_store.load(stack.conn, SHOP, cid)
+    assert profile is not None and late["id"] in profile.orders
+    assert earlier_orders(profile) == 1

@@ -57,6 +57,21 @@ def test_a_customer_node_gives_identity_consent_tags_birthday_and_totals() -> No
     assert profile.shopify_rfm_group == "LOYAL"
 
 
+def test_the_last_order_lands_where_the_purchasing_summary_puts_it() -> None:
+    """``lastOrder { id }`` (the backfill's export) fills ``last_order_id`` as the webhook's
+    ``lastOrderId`` does, so the profile can place Shopify's count among its orders; a customer
+    without orders (``lastOrder: null``) names none, and a malformed id is refused by name."""
+    _, summary, _ = customer_events({**CUSTOMER, "lastOrder": {"id": "gid://shopify/Order/9"}})
+    assert isinstance(summary, PurchasingSummary) and summary.last_order_id == 9
+    profile = fold([summary])
+    assert profile is not None and profile.shopify_last_order_id == 9
+    _, none, _ = customer_events({**CUSTOMER, "numberOfOrders": "0", "lastOrder": None})
+    assert isinstance(none, PurchasingSummary) and none.last_order_id is None
+    with pytest.raises(ValidationError) as info:
+        customer_events({**CUSTOMER, "lastOrder": {"id": "gid://shopify/Order/x"}})
+    assert info.value.field == "customer.lastOrder.id"
+
+
 def test_an_order_node_with_bulk_line_items() -> None:
     """Current quantity, earliest successful fulfillment, paid time from processedAt."""
     event = order_event(ORDER, line_items=[LINE])
@@ -95,7 +110,9 @@ def test_rows_fold_into_groups_and_strays_are_refused() -> None:
 
 
 def test_the_bulk_queries_validate_against_the_admin_schema() -> None:
-    """The backfill's export queries are valid 2026-07 Admin documents."""
+    """The backfill's export queries are valid 2026-07 Admin documents, and the customers'
+    export asks for the last order (the anchor of Shopify's count)."""
+    assert "lastOrder { id }" in CUSTOMERS_QUERY
     schema_text = shared_or_skip(SHOPIFY_SHARED / "admin-2026-07.graphql").read_text()
     schema = build_schema(schema_text, assume_valid=True)
     for text in (
