@@ -82,6 +82,11 @@ def create_app(
         resources().redis.ping()
         return jsonify(ok=True)
 
+    # Last, once every route is known: webhook POSTs are answered without Flask's request
+    # handling (see webhooks/receiver.py).
+    from webhooks.receiver import install_shortcut
+
+    install_shortcut(app)
     return app
 
 

@@ -3,7 +3,8 @@
 Routes and their topics come from ``app.toml`` (the settings' app config), registered when the
 blueprint is. Per request, in this order:
 
-1. a body over :data:`MAX_BODY` is refused (413) before it is read;
+1. a body over :data:`MAX_BODY` is refused (413) before it is read, one shorter than its
+   ``Content-Length`` (400) once read;
 2. the HMAC over the raw body is checked in constant time: a missing or wrong signature, a
    malformed shop header or an unknown shop gets 401 and nothing is written;
 3. a topic the route does not carry, or a missing webhook id, gets 400 and nothing is written;
@@ -28,6 +29,12 @@ the body only where it must (topics whose body names the shop, and every non-ing
 file the dead letter itself); an ingest body is queued as received and the drain's
 per-delivery path (:func:`worker.ingest.ingest`) dead-letters it when it is not a JSON object.
 
+Flask is not on the hot path: :class:`Shortcut`, put in front of the Flask app by
+:func:`install_shortcut`, answers a ``POST`` to any webhook URI straight from the WSGI environ
+(the request context, session, URL adapter and response object cost more CPU than the
+receiver's own work). The Flask routes stay registered — they answer other methods (405) and
+serve as the same receiver for anything that calls Flask directly.
+
 Which shop a delivery is for: one secret signs every shop's webhooks and the shop header is not
 signed. Where the signed body names its shop (compliance topics: ``shop_domain``;
 ``app/uninstalled``: ``myshopify_domain``) it must match the header or the answer is 401; those
@@ -41,12 +48,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 import orjson
 import redis
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 
 from plugin.shops import SHOP_DOMAIN, shop_key
@@ -126,24 +134,63 @@ def _register_routes(state: BlueprintSetupState) -> None:
 
 
 def _receive(uri: str) -> Response:
-    extensions = current_app.extensions
+    """The Flask view: the same receiver, for requests that reach Flask (see the docstring)."""
+    status, message = receive(current_app.extensions, uri, request.environ)
+    return _text(status, message)
+
+
+class Refused(Exception):
+    """A request answered ``status`` before its body was used (too large, cut short)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def read_body(environ: dict[str, Any]) -> bytes:
+    """The raw body; :class:`Refused` (413) when it is over :data:`MAX_BODY`, unread.
+
+    As werkzeug does: a body without a ``Content-Length`` is read only when the server says the
+    stream ends (``wsgi.input_terminated``, chunked uploads), and then at most one byte past
+    the limit; a body shorter than announced (the client went away) is refused (400).
+    """
+    stream = environ["wsgi.input"]
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        if not environ.get("wsgi.input_terminated"):
+            return b""
+        body: bytes = stream.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            raise Refused(413, "payload too large") from None
+        return body
+    if length > MAX_BODY:
+        raise Refused(413, "payload too large")
+    body = stream.read(length) if length > 0 else b""
+    if len(body) < length:
+        raise Refused(400, "body shorter than its Content-Length")
+    return body
+
+
+def receive(extensions: dict[str, Any], uri: str, environ: dict[str, Any]) -> tuple[int, str]:
+    """Verify, claim, store and queue the delivery in ``environ``; answer (status, message).
+
+    ``extensions`` is the Flask app's (its resources and routes table); headers are read
+    straight from the WSGI environ (werkzeug's case-insensitive lookups cost more than the
+    rest of the request's Python work).
+    """
     res = extensions["kizuna"]
     settings, conn, clock = res.settings, res.redis, res.clock
 
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return _text(413, "payload too large")
-    body = request.get_data(cache=False)  # bounded by MAX_CONTENT_LENGTH (413 past it)
-    if len(body) > MAX_BODY:
-        return _text(413, "payload too large")
-
-    # Headers straight from the WSGI environ: werkzeug's case-insensitive lookups cost more
-    # than the rest of the request's Python work.
-    environ = request.environ
+    try:
+        body = read_body(environ)
+    except Refused as exc:
+        return exc.status, exc.message
     if not verify(settings.api_secret, body, environ.get("HTTP_X_SHOPIFY_HMAC_SHA256")):
-        return _text(401, "unauthorized")
+        return 401, "unauthorized"
     shop = environ.get("HTTP_X_SHOPIFY_SHOP_DOMAIN", "").strip().lower()
     if not SHOP_DOMAIN.fullmatch(shop):
-        return _text(401, "unauthorized")
+        return 401, "unauthorized"
 
     topic = environ.get("HTTP_X_SHOPIFY_TOPIC", "").strip()
     webhook_id = environ.get("HTTP_X_SHOPIFY_WEBHOOK_ID", "").strip()
@@ -157,16 +204,16 @@ def _receive(uri: str) -> Response:
         well_formed = isinstance(payload, dict)
         named = _body_names_shop(shop, topic, payload if well_formed else None)
         if named is False:
-            return _text(401, "unauthorized")
+            return 401, "unauthorized"
     fast = job == deliveries.INGEST_JOB and not refused
 
     try:
         # The fast path checks the shop inside its script; elsewhere an unknown shop is 401
         # before any 400.
         if not fast and named is None and not shop_is_known(conn, shop):
-            return _text(401, "unauthorized")
+            return 401, "unauthorized"
         if refused or job is None:
-            return _text(400, refused)
+            return 400, refused
         now = clock.now()
         delivery = deliveries.Delivery(
             shop=shop,
@@ -181,18 +228,70 @@ def _receive(uri: str) -> Response:
                 conn, delivery, shop_key=shop_key(shop), check_shop=named is None, now=now
             )
             if answer == drain.UNKNOWN_SHOP:
-                return _text(401, "unauthorized")
+                return 401, "unauthorized"
             outcome = "duplicate" if answer == drain.DUPLICATE else "queued"
         else:
             outcome = _claim_and_enqueue(conn, delivery, job, well_formed=well_formed, now=now)
     except redis.RedisError as exc:
         log.warning("webhook not accepted, Redis unavailable: %s", exc, extra={"shop": shop})
-        return _text(503, "temporarily unavailable, retry later")
+        return 503, "temporarily unavailable, retry later"
     # The access log has every request; a routine "queued" line here would double the volume
     # at flash-sale rates, so it is debug.
     level = logging.DEBUG if outcome == "queued" else logging.INFO
     log.log(level, "webhook %s %s", topic, outcome, extra={"shop": shop, "topic": topic})
-    return _text(200, outcome)
+    return 200, outcome
+
+
+# --- the WSGI shortcut -------------------------------------------------------------------------
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+_STATUS = {
+    200: "200 OK",
+    400: "400 BAD REQUEST",
+    401: "401 UNAUTHORIZED",
+    413: "413 REQUEST ENTITY TOO LARGE",
+    503: "503 SERVICE UNAVAILABLE",
+}
+
+
+class Shortcut:
+    """WSGI middleware: a ``POST`` to a webhook URI is answered by :func:`receive` without
+    Flask; every other request goes on to ``inner`` (the Flask app's own ``wsgi_app``).
+
+    ``paths`` maps each full path Flask routes to the receiver (prefixes included) to the
+    ``app.toml`` uri it was registered for. Status, headers and body are the Flask view's.
+    """
+
+    def __init__(self, inner: WSGIApp, extensions: dict[str, Any], paths: dict[str, str]):
+        self.inner = inner
+        self.extensions = extensions
+        self.paths = paths
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        uri = self.paths.get(environ.get("PATH_INFO", ""))
+        if uri is None or environ.get("REQUEST_METHOD") != "POST":
+            return self.inner(environ, start_response)
+        status, message = receive(self.extensions, uri, environ)
+        body = (message + "\n").encode()
+        start_response(
+            _STATUS[status],
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+
+def install_shortcut(app: Flask) -> None:
+    """Put :class:`Shortcut` in front of ``app`` for every rule the receiver's view serves.
+
+    Call it once the webhook blueprints are registered: the paths come from Flask's own URL
+    map, so a blueprint registered under another prefix is covered as well.
+    """
+    paths = {
+        rule.rule: rule.defaults["uri"]
+        for rule in app.url_map.iter_rules()
+        if app.view_functions.get(rule.endpoint) is _receive and rule.defaults
+    }
+    app.wsgi_app = Shortcut(app.wsgi_app, app.extensions, paths)  # type: ignore[method-assign]
 
 
 def _parse(body: bytes) -> Any:

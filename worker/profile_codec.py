@@ -95,6 +95,12 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
 
 # --- the positional array ----------------------------------------------------------------------
 
+#: Entries in each of the two version caches below. Every process that reads profiles (web
+#: workers too) keeps them, and each entry costs about 200 bytes: 65,536 of each came to 26 MB
+#: a process once full, filling slowly over hours of distinct timestamps (a soak read it as
+#: creeping memory). A profile's registers share a few versions, so a small cache keeps its hits.
+VERSION_CACHE = 4096
+
 
 def _time(moment: datetime | None, base: int = 0) -> Any:
     """Epoch seconds minus ``base``; ``[seconds, microseconds]`` when it has microseconds."""
@@ -114,7 +120,7 @@ def _untime(code: Any, base: int = 0) -> datetime | None:
     return datetime.fromtimestamp(int(code) + base, UTC)
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=VERSION_CACHE)
 def _version_code(version: str) -> Any:
     """A register version (UTC ISO time) as :func:`_time` when that gives the same string back;
     any other version string as itself."""
@@ -138,7 +144,7 @@ def _unversion(code: Any) -> str:
     return moment.isoformat()
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=VERSION_CACHE)
 def _unversion_seconds(code: int) -> str:
     return datetime.fromtimestamp(code, UTC).isoformat()
 

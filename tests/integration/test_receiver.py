@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
@@ -11,6 +12,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import flask
 import pytest
 import redis
 import requests
@@ -486,3 +488,140 @@ def test_a_redis_that_lost_its_scripts_still_queues(client: FlaskClient, conn: r
         (PENDING, [SHOP, "orders/paid", "s1"]),
         (PENDING, [SHOP, "orders/paid", "s2"]),
     ]
+
+
+# --- the WSGI shortcut (webhooks.receiver.Shortcut) ---------------------------------------------
+
+
+def _environ(path: str, body: bytes, *, length: str | None, **extra: Any) -> dict[str, Any]:
+    """A WSGI environ as a server builds it for a signed ``orders/create`` POST."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "CONTENT_TYPE": "application/json",
+        "HTTP_X_SHOPIFY_TOPIC": "orders/create",
+        "HTTP_X_SHOPIFY_HMAC_SHA256": sign(DEV_API_SECRET, body),
+        "HTTP_X_SHOPIFY_SHOP_DOMAIN": SHOP,
+        "HTTP_X_SHOPIFY_WEBHOOK_ID": str(uuid.uuid4()),
+    }
+    if length is not None:
+        environ["CONTENT_LENGTH"] = length
+    environ.update(extra)
+    return environ
+
+
+def _call(app: Any, environ: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+    """Run ``app`` as a WSGI server would: (status line, headers, body)."""
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        seen["status"], seen["headers"] = status, dict(headers)
+
+    chunks = app(environ, start_response)
+    try:
+        body = b"".join(chunks)
+    finally:
+        getattr(chunks, "close", lambda: None)()
+    return seen["status"], seen["headers"], body
+
+
+def test_webhook_posts_do_not_go_through_flask(app: Flask, conn: redis.Redis) -> None:
+    """Tried: a signed delivery, then a health check. Must not happen: the delivery going
+    through Flask's request handling (the CPU the shortcut exists to save), or any other
+    request skipping it."""
+    install_shop(conn)
+    started: list[str] = []
+
+    def note(sender: Flask, **_: Any) -> None:
+        started.append(flask.request.path)
+
+    client = app.test_client()
+    with flask.request_started.connected_to(note, app):
+        assert post_webhook(client, "orders/create", sample("orders/create")).status_code == 200
+        assert post_webhook(client, "orders/create", b"{}", hmac="forged").status_code == 401
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/webhooks/orders").status_code == 405  # other methods: Flask's
+    assert started == ["/healthz", "/webhooks/orders"]
+
+
+@pytest.mark.parametrize(
+    "case", ["queued", "forged", "wrong-route", "no-id", "unknown-shop", "too-large", "redacted"]
+)
+def test_the_shortcut_answers_as_the_flask_view_does(
+    app: Flask, conn: redis.Redis, case: str
+) -> None:
+    """Tried: the same kinds of delivery through the shortcut and through Flask's view alone.
+    Must not differ: status line, content type and body."""
+    install_shop(conn)
+    flask_only = app.wsgi_app.inner  # type: ignore[attr-defined]
+    body = json.dumps(sample("orders/create")).encode()
+    extra: dict[str, Any] = {
+        "queued": {},
+        "forged": {"HTTP_X_SHOPIFY_HMAC_SHA256": "forged"},
+        "wrong-route": {"PATH_INFO": "/webhooks/customers"},
+        "no-id": {"HTTP_X_SHOPIFY_WEBHOOK_ID": ""},
+        "unknown-shop": {"HTTP_X_SHOPIFY_SHOP_DOMAIN": "nobody.myshopify.com"},
+        "too-large": {"CONTENT_LENGTH": str(5 * 1024 * 1024 + 1)},
+        "redacted": {
+            "PATH_INFO": "/app/webhooks/compliance",
+            "HTTP_X_SHOPIFY_TOPIC": "shop/redact",
+        },
+    }[case]
+    answers = []
+    for wsgi in (app, flask_only):
+        environ = _environ("/webhooks/orders", body, length=str(len(body)), **extra)
+        status, headers, text = _call(wsgi, environ)
+        answers.append((status.upper(), headers["Content-Type"], text))
+    assert answers[0] == answers[1]
+
+
+def test_a_body_without_length_is_read_only_when_the_server_ends_it(
+    app: Flask, conn: redis.Redis
+) -> None:
+    """Tried: bodies without ``Content-Length`` (chunked uploads), with and without the
+    server's ``wsgi.input_terminated``, one over 5 MB. Must not happen: a body over 5 MB read
+    past the limit or accepted, or an unterminated stream read at all (it may never end)."""
+    install_shop(conn)
+    body = json.dumps(sample("orders/create")).encode()
+
+    status, _, _ = _call(app, _environ("/webhooks/orders", body, length=None))
+    assert status.startswith("401")  # nothing read: the HMAC of an empty body fails
+    assert drain.pending(conn) == []
+
+    status, _, text = _call(
+        app, _environ("/webhooks/orders", body, length=None, **{"wsgi.input_terminated": True})
+    )
+    assert (status[:3], text) == ("200", b"queued\n")
+    assert len(drain.pending(conn)) == 1
+
+    huge = b'{"pad": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+    stream = io.BytesIO(huge)
+    environ = _environ("/webhooks/orders", huge, length=None, **{"wsgi.input_terminated": True})
+    environ["wsgi.input"] = stream
+    status, _, _ = _call(app, environ)
+    assert status.startswith("413")
+    assert stream.tell() == 5 * 1024 * 1024 + 1  # one byte past the limit, no more
+    assert len(drain.pending(conn)) == 1
+
+
+def test_a_body_shorter_than_announced_is_refused(app: Flask, conn: redis.Redis) -> None:
+    """Tried: a correctly signed body whose client announced more bytes than it sent (it went
+    away). Must not: store anything (werkzeug, under the Flask view, refuses it too)."""
+    install_shop(conn)
+    body = json.dumps(sample("orders/create")).encode()
+    before = key_dump(conn)
+    status, _, _ = _call(app, _environ("/webhooks/orders", body, length=str(len(body) + 100)))
+    assert status.startswith("400")
+    assert key_dump(conn) == before
