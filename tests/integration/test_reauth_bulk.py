@@ -13,7 +13,6 @@ import json
 from typing import Any
 
 import pytest
-import requests
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry
 
@@ -23,6 +22,7 @@ from plugin.crypto import TokenCipher
 from tests.fixtures.stack import Stacks
 from tests.integration.test_bulk_writeback import _dormant_customers
 from tests.integration.test_e2e_sequences import INSTALLED, KEYS, SHOP, Stack
+from tests.integration.test_reauth_resume import revoke_tokens
 from worker import backfill, decision_log, enrolment_store, profile_store, reauth, reconcile
 from worker.queues import ALL_QUEUES, BULK, DEFAULT_RETRY_INTERVALS, enqueue, get_queue
 from worker.scheduler import tick
@@ -37,16 +37,9 @@ def stack(stacks: Stacks) -> Stack:
     return stacks.shop(Stack, KEYS, INSTALLED)
 
 
-def revoke_tokens(stack: Stack) -> None:
-    url = stack.devstore.url(f"/_devstore/shops/{SHOP}/revoke_tokens")
-    r = stack.devstore.session.post(url, timeout=10)
-    assert r.status_code == 200 and r.json()["revoked_tokens"] >= 1, r.text
-
-
 def open_app(stack: Stack) -> None:
     """The admin loads the embedded page with a fresh ID token: the token exchange re-auths."""
-    params = {"shop": SHOP, "id_token": stack.devstore.id_token(SHOP)}
-    r = requests.get(stack.url("/app"), params=params, timeout=30, allow_redirects=False)
+    r = stack.open_app()
     assert r.status_code == 200, r.text
 
 

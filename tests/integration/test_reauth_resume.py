@@ -44,15 +44,14 @@ def stack(stacks: Stacks) -> Stack:
 
 
 def revoke_tokens(stack: Stack) -> None:
-    url = stack.devstore.url(f"/_devstore/shops/{SHOP}/revoke_tokens")
+    """Shopify revokes the shop's tokens without an uninstall (the devstore's control API)."""
+    url = stack.devstore.url(f"/_devstore/shops/{stack.shop}/revoke_tokens")
     r = stack.devstore.session.post(url, timeout=10)
     assert r.status_code == 200 and r.json()["revoked_tokens"] >= 1, r.text
 
 
 def open_app(stack: Stack) -> requests.Response:
-    """The admin loads the embedded page with a fresh ID token (what re-auth looks like)."""
-    params = {"shop": SHOP, "id_token": stack.devstore.id_token(SHOP)}
-    return requests.get(stack.url("/app"), params=params, timeout=30, allow_redirects=False)
+    return stack.open_app()
 
 
 def birthday_customer(stack: Stack, email: str, birth_date: str) -> int:
