@@ -4,10 +4,13 @@ Answering fast with 100,000 customers means never scanning profiles in a request
 (:func:`rebuild`, queue ``default``) reads every profile and enrolment of a shop once and stores
 a small snapshot at ``kizuna:{shop}:analytics`` — cohorts by first-order month
 (:class:`crm.analytics.CohortStats`), per-sequence funnel and holdout figures, step and coupon
-activity. A request reads that one key and shapes it (:mod:`crm.analytics`); a snapshot older
-than :data:`STALE_SECONDS` (or counting fewer or more customers than the lists hold) is
-answered as it is while a rebuild is queued. A shop small enough (:data:`INLINE_LIMIT`
-customers) gets its snapshot built in the request instead.
+activity. A request reads that one key and shapes it (:mod:`crm.analytics`); a snapshot out of
+date — older than :data:`STALE_SECONDS` (:data:`SMALL_STALE_SECONDS` for a shop of at most
+:data:`INLINE_LIMIT` customers), or counting fewer or more customers than the lists hold — is
+answered as it is, marked ``refreshing``, while one rebuild is queued. Only a small shop's very
+first view, with no snapshot at all, is built in the request: reading ~1,600 profiles took
+about a second and kept the allocator's C heap growing in the web worker, so every later
+rebuild runs in a worker.
 
 Segment counts on the home page come from the list indexes (one ``SCARD`` per list), live.
 """
@@ -19,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
@@ -206,30 +209,40 @@ def _queue_rebuild(conn: redis.Redis, shop: str) -> None:
         enqueue(conn, "plugin.api_analytics.rebuild", shop)
 
 
-def current_snapshot(conn: redis.Redis, shop: str, now: datetime) -> dict[str, Any] | None:
-    """The stored snapshot, rebuilt or queued for a rebuild when it is out of date.
+class Current(NamedTuple):
+    """The snapshot a request answers (``None`` while none exists) and whether a rebuild is
+    queued for it (the page says the figures are being refreshed)."""
 
-    Out of date: older than :data:`STALE_SECONDS` (:data:`SMALL_STALE_SECONDS` for a small
-    shop), or counting another number of customers than the list index holds (one ``SCARD``).
-    A small shop's snapshot is rebuilt in the request; a large one's in a job, meanwhile the
-    old one is answered (``None`` when there is none yet).
+    snapshot: dict[str, Any] | None
+    refreshing: bool
+
+
+def _out_of_date(snapshot: dict[str, Any], count: int, now: datetime) -> bool:
+    """Older than its shop's staleness, or counting another number of customers."""
+    age = (now - datetime.fromisoformat(snapshot["computed_at"])).total_seconds()
+    stale = SMALL_STALE_SECONDS if count <= INLINE_LIMIT else STALE_SECONDS
+    return snapshot["customers"] != count or age > stale
+
+
+def current_snapshot(conn: redis.Redis, shop: str, now: datetime) -> Current:
+    """The stored snapshot, with a rebuild queued when it is out of date (:func:`_out_of_date`,
+    one ``SCARD`` for the count).
+
+    Only a small shop's first view (no snapshot yet) is built here; otherwise the stored one is
+    answered at once and a job rebuilds it.
     """
     raw = conn.get(snapshot_key(shop))
     count = profile_store.count(conn, shop)
-    small = count <= INLINE_LIMIT
     if raw is None:
-        if small:
-            return build_snapshot(conn, shop, now)
+        if count <= INLINE_LIMIT:
+            return Current(build_snapshot(conn, shop, now), refreshing=False)
         _queue_rebuild(conn, shop)
-        return None
+        return Current(None, refreshing=True)
     snapshot: dict[str, Any] = json.loads(raw)
-    age = (now - datetime.fromisoformat(snapshot["computed_at"])).total_seconds()
-    changed = snapshot["customers"] != count
-    if small and (changed or age > SMALL_STALE_SECONDS):
-        return build_snapshot(conn, shop, now)
-    if changed or age > STALE_SECONDS:
+    if _out_of_date(snapshot, count, now):
         _queue_rebuild(conn, shop)
-    return snapshot
+        return Current(snapshot, refreshing=True)
+    return Current(snapshot, refreshing=bool(conn.exists(_queued_key(shop))))
 
 
 # -- the API -----------------------------------------------------------------------------------
@@ -262,11 +275,12 @@ def get_report() -> Response:
     res = _res()
     now = res.clock.now()
     record = shops.load(res.redis, g.shop)
-    snapshot = current_snapshot(res.redis, g.shop, now)
+    snapshot, refreshing = current_snapshot(res.redis, g.shop, now)
     currency = record.facts.currency if record and record.facts else None
     if snapshot is None:
-        return jsonify(pending=True, currency=currency)
-    return jsonify(pending=False, currency=currency, **report(snapshot, now, shop_tz(record)))
+        return jsonify(pending=True, refreshing=refreshing, currency=currency)
+    figures = report(snapshot, now, shop_tz(record))
+    return jsonify(pending=False, refreshing=refreshing, currency=currency, **figures)
 
 
 @bp.get("/summary")
@@ -281,7 +295,7 @@ def get_summary() -> Response:
     counts = profile_store.count_by_segment(conn, g.shop)
     segments = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("segment:")}
     month = f"bday:{now.astimezone(tz).month:02d}"
-    snapshot = current_snapshot(conn, g.shop, now)  # built here only for a small shop
+    snapshot = current_snapshot(conn, g.shop, now).snapshot  # built here only on a first view
     attention: list[dict[str, Any]] = []
     if record is not None and record.status.value != "installed":
         attention.append({"kind": "reauth", "status": record.status.value})

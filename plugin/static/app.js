@@ -771,7 +771,8 @@
     api("/api/analytics").then(function (data) {
       if (data.pending) { $("#analytics-as-of").textContent = t("analytics.pending"); return; }
       var currency = data.currency || page.currency;
-      $("#analytics-as-of").textContent = t("analytics.as_of", { date: fmtDate(data.computed_at, true) });
+      var asOf = t("analytics.as_of", { date: fmtDate(data.computed_at, true) });
+      $("#analytics-as-of").textContent = data.refreshing ? asOf + " · " + t("analytics.pending") : asOf;
       f2Chart(data.f2);
       cohortTable(data.cohorts, currency);
       var funnels = $("#funnels");

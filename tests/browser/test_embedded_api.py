@@ -179,7 +179,10 @@ def test_analytics_report_and_summary_from_stored_profiles(
     profile_store.save(kizuna.conn, shop, changed, now=NOW)  # same customers, one more order
     cached = kizuna.api("GET", "/api/analytics", devstore.id_token(shop)).json()
     assert cached["f2"] == report["f2"], "the snapshot was rebuilt on every request"
+    assert cached["refreshing"] is False and rebuilds_queued(kizuna) == 0
     profile_store.save(kizuna.conn, shop, customer(4, (may, "1000")), now=NOW)
+    assert kizuna.api("GET", "/api/analytics", devstore.id_token(shop)).json()["refreshing"]
+    kizuna.work()
     fresh = kizuna.api("GET", "/api/analytics", devstore.id_token(shop)).json()
     assert fresh["customers"] == 4, "a new customer did not make the snapshot out of date"
     assert {r["month"]: r for r in fresh["f2"]}["2026-05"]["second_buyers"] == 2
@@ -188,6 +191,43 @@ def test_analytics_report_and_summary_from_stored_profiles(
     assert summary["customers"] == 4
     assert summary["segments"].get("new") == 2 and summary["segments"].get("repeat") == 2
     assert summary["attention"] == []
+
+
+def rebuilds_queued(kizuna: Kizuna) -> int:
+    """How many analytics rebuild jobs wait in the queue."""
+    from worker.queues import get_queue
+
+    jobs = get_queue(kizuna.conn).jobs
+    return sum(1 for job in jobs if job.func_name == "plugin.api_analytics.rebuild")
+
+
+def test_small_shop_answers_the_stored_snapshot_and_rebuilds_in_a_job(
+    devstore: Devstore, kizuna: Kizuna, shop: str
+) -> None:
+    """A small shop with a snapshot gets a new customer: the next views answer the old
+    snapshot at once, marked refreshing, and queue exactly one rebuild (not one per view, and
+    no rebuild inside the request); once the job has run, the new count shows, not refreshing."""
+    may = datetime(2026, 5, 3, 3, tzinfo=UTC)
+    for cid in (1, 2):
+        profile_store.save(kizuna.conn, shop, customer(cid, (may, "4000")), now=NOW)
+    first = kizuna.api("GET", "/api/analytics", devstore.id_token(shop)).json()
+    assert first["customers"] == 2 and first["refreshing"] is False  # first view: built inline
+    assert rebuilds_queued(kizuna) == 0
+
+    profile_store.save(kizuna.conn, shop, customer(3, (may, "2500")), now=NOW)
+    views = [kizuna.api("GET", "/api/analytics", devstore.id_token(shop)).json() for _ in "ab"]
+    for view in views:
+        assert view["customers"] == 2, "the snapshot was rebuilt inside the request"
+        assert view["computed_at"] == first["computed_at"] and view["refreshing"] is True
+    summary = kizuna.api("GET", "/api/analytics/summary", devstore.id_token(shop)).json()
+    assert summary["activity_at"] == first["computed_at"]
+    assert rebuilds_queued(kizuna) == 1
+
+    kizuna.work()
+    assert rebuilds_queued(kizuna) == 0
+    after = kizuna.api("GET", "/api/analytics", devstore.id_token(shop)).json()
+    assert after["customers"] == 3 and after["refreshing"] is False
+    assert rebuilds_queued(kizuna) == 0
 
 
 def test_calculator_answers_and_refuses(devstore: Devstore, kizuna: Kizuna, shop: str) -> None:
