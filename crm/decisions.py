@@ -49,6 +49,15 @@ REASONS: dict[str, tuple[str, str]] = {
         "({earlier} earlier order(s) at Shopify)",
         "{nth} 回目の注文は Kizuna の履歴より前です（Shopify 上で以前の注文 {earlier} 件）",
     ),
+    # written by the step job itself (not by evaluate)
+    "shopify_refused": (
+        "Shopify refused the step: {error}",
+        "Shopify がステップを拒否しました：{error}",
+    ),
+    "step_not_committed": (
+        "Coupon {code} withdrawn: its step did not complete (the customer's state changed)",
+        "クーポン {code} を取り消しました：ステップが完了しなかったため（顧客の状態が変化）",
+    ),
     # deferred
     "frequency_cap": ("Frequency cap: deferred to {until}", "配信頻度の上限のため {until} に延期"),
     "quiet_hours": ("Quiet hours: deferred to {until}", "配信停止時間のため {until} に延期"),

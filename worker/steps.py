@@ -361,25 +361,37 @@ def give_up(ctx: Context, shop: str, customer_id: int, sequence_id: str, exc: Ex
 
 
 def handle_step(ctx: Context, shop: str, customer_id: int, sequence_id: str) -> str:
+    """Run the customer's due step, retrying the compare-and-set against fresh state.
+
+    A lost commit after this run created the step's coupon leaves a code in Shopify that no
+    ``step_done`` records. When the state seen next does not run that same step with that
+    same code (the customer exited, the enrolment restarted or a yearly cycle turned over),
+    the code is withdrawn (:func:`_withdraw`); the same step runs again and finds it instead.
+    """
     conn, now = ctx.conn, ctx.clock.now()
     try:
         state = shop_state(ctx, shop)
     except ShopUnavailable:
         reauth.pause_step(conn, shop, customer_id, sequence_id, now, PAUSE_RETRY)
         return "paused"
+    orphan: writeback.Coupon | None = None  # created by this job, its commit lost
     for _ in range(MAX_RACES):
         raw = enrolment_store.load_raw(conn, shop, sequence_id, customer_id)
         if raw is None:
+            _withdraw(ctx, shop, customer_id, sequence_id, orphan, now)
             gone = enrolment_store.member(customer_id, sequence_id)
             conn.zrem(enrolment_store.due_key(shop), gone)
             return "gone"
         enr = enrolment_store.decode(customer_id, sequence_id, raw)
         if not enr.active:
+            _withdraw(ctx, shop, customer_id, sequence_id, orphan, now)
             enrolment_store.commit(conn, shop, customer_id, sequence_id, raw, enr)
             return "ended"
         seq = state.sequences.get(sequence_id, enr.version)
         profile = profile_store.load(conn, shop, customer_id)
         if seq is None or profile is None:
+            _withdraw(ctx, shop, customer_id, sequence_id, orphan, now)
+            orphan = None
             outcome = _end_without_customer(ctx, shop, enr, raw, seq, now)
             if outcome:
                 return outcome
@@ -394,13 +406,75 @@ def handle_step(ctx: Context, shop: str, customer_id: int, sequence_id: str) -> 
             segments=segments_of(profile, now, state.thresholds),
         )
         try:
-            done = _apply_run(ctx, shop, enr, raw, run, now, seq)
+            if orphan is not None and orphan.code != _coupon_code(run):
+                _withdraw(ctx, shop, customer_id, sequence_id, orphan, now)
+                orphan = None
+            done, created = _apply_run(ctx, shop, enr, raw, run, now, seq)
         except ShopUnavailable:
             reauth.pause_step(conn, shop, customer_id, sequence_id, now, PAUSE_RETRY)
             return "paused"
         if done is not None:
             return done
+        orphan = orphan or created
     raise ServerError(f"enrolment {customer_id}:{sequence_id} kept changing", shop=shop)
+
+
+def _coupon_code(run: StepRun) -> str | None:
+    """The code ``run`` would write, if it runs a step with a coupon."""
+    if run.kind != "run" or run.effects is None or run.effects.discount is None:
+        return None
+    return run.effects.discount.code
+
+
+def _code_committed(conn: redis.Redis, shop: str, customer_id: int, code: str) -> bool:
+    """Whether a committed ``step_done`` names ``code``: another job ran the same step (it
+    found the coupon this job created) and won the race; then the code is that step's."""
+    for entry in decision_log.read(conn, shop, customer_id):
+        written = (entry.get("detail") or {}).get("written") or {}
+        if entry.get("decision") == "step_done" and written.get("coupon") == code:
+            return True
+    return False
+
+
+def _withdraw(
+    ctx: Context,
+    shop: str,
+    customer_id: int,
+    sequence_id: str,
+    coupon: writeback.Coupon | None,
+    now: datetime,
+) -> None:
+    """Delete a coupon this job created for a step whose commit it lost, and log why.
+
+    Only a coupon this job *created* gets here (never one it found), and only if no committed
+    step claims its code. The delete is idempotent (a code gone already is no error). What
+    remains possible: a crash, a transient error or a paused shop between the create and this
+    delete leaves the code in Shopify, restricted to the customer, with no ``step_done`` —
+    until the same step runs again and finds it; if that step never runs again, the orphan
+    stays (at most one per step and cycle, the code being deterministic). A paused shop or a
+    refused delete is logged and leaves the code; a transient error propagates (RQ retries
+    the job, which no longer knows the code: it stays as after a crash).
+    """
+    if coupon is None or _code_committed(ctx.conn, shop, customer_id, coupon.code):
+        return
+    try:
+        token = fresh_access_token(ctx.conn, ctx.settings, shop, ctx.clock)
+        with reauth.refused(ctx, shop, token):
+            deleted = writeback.delete_coupon(ctx.admin_client(), shop, token, coupon)
+    except (ShopUnavailable, PermanentShopifyError) as exc:
+        log.warning("orphan coupon %s left in Shopify: %s", coupon.code, exc, extra={"shop": shop})
+        return
+    entry = {
+        "at": now.isoformat(),
+        "customer_id": customer_id,
+        "sequence": sequence_id,
+        "decision": "coupon_deleted",
+        "reason": "step_not_committed",
+        "detail": {"code": coupon.code, "deleted_now": deleted},
+    }
+    decision_log.append(ctx.conn, shop, customer_id, [entry])
+    log.info("coupon %s withdrawn: its step was not committed", coupon.code,
+             extra={"shop": shop})  # fmt: skip
 
 
 def _end_without_customer(
@@ -425,8 +499,9 @@ def _apply_run(
     run: StepRun,
     now: datetime,
     seq: Sequence,
-) -> str | None:
-    """Write the run's effects, then commit; answer the outcome, or None if we lost a race."""
+) -> tuple[str | None, writeback.Coupon | None]:
+    """Write the run's effects, then commit; answer the outcome, or None if we lost a race,
+    and with a lost race the coupon this run created (for :func:`handle_step` to withdraw)."""
     conn = ctx.conn
     decisions = decision_log.loggable(run.decisions)
     effects = run.effects
@@ -435,6 +510,7 @@ def _apply_run(
     if run.kind == "exited" and any(d.reason == "customer_deleted" for d in run.decisions):
         effects = None  # the customer is gone from Shopify too
     last = None
+    created: writeback.Coupon | None = None
     if effects is not None:
         token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
         try:
@@ -452,16 +528,18 @@ def _apply_run(
             ):
                 enrolment_store.mark_failed(conn, shop, enr.customer_id, enr.sequence_id, str(exc))
                 log.warning("step failed for good: %s", exc, extra={"shop": shop})
-                return "failed"
-            return None
+                return "failed", None
+            return None, None
         decisions = _with_written(decisions, written)
+        if written.coupon is not None and written.coupon.created:
+            created = written.coupon
         if run.kind == "run":
             last = now
     ok = enrolment_store.commit(
         conn, shop, enr.customer_id, enr.sequence_id, raw, run.enrolment,
         last_step_at=last, log=decisions,
     )  # fmt: skip
-    return run.kind if ok else None
+    return (run.kind, None) if ok else (None, created)
 
 
 # -- evaluate ---------------------------------------------------------------------------------

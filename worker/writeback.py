@@ -7,7 +7,9 @@ Every part may run again after a crash or a retry and leave the same state:
   with ``codeDiscountNodeByCode`` first and created with ``discountCodeBasicCreate`` only when
   absent; a create answered "code taken" (a concurrent or lost earlier create) is read back and
   accepted only if it is restricted to the same customer. An existing coupon keeps its expiry,
-  and the metafields carry that expiry, not a recomputed one;
+  and the metafields carry that expiry, not a recomputed one. A coupon a step created but whose
+  enrolment commit was lost is withdrawn with :func:`delete_coupon` (see
+  :func:`worker.steps.handle_step`);
 - metafields: ``metafieldsSet`` in calls of at most 25 (each call is atomic on Shopify's side);
 - Flow: ``flowTriggerReceive`` fires once per step: a marker is set after it succeeded and
   checked before. The mutation takes no idempotency key (Shopify's ``@idempotent`` directive is
@@ -43,6 +45,7 @@ from plugin.graphql import (
     CUSTOMER_TAGS_ADD,
     CUSTOMER_TAGS_REMOVE,
     DISCOUNT_CODE_BASIC_CREATE,
+    DISCOUNT_CODE_DELETE,
     FLOW_TRIGGER_RECEIVE,
     KIZUNA_COUPON_BY_CODE,
     METAFIELDS_SET,
@@ -217,6 +220,25 @@ def ensure_coupon(admin: Any, shop: str, token: str, spec: DiscountSpec) -> Coup
     node = payload.get("codeDiscountNode") or {}
     basic = node.get("codeDiscount") or {}
     return Coupon(spec.code, str(node.get("id")), basic.get("endsAt"), created=True)
+
+
+def delete_coupon(admin: Any, shop: str, token: str, coupon: Coupon) -> bool:
+    """Delete ``coupon`` (``discountCodeDelete``); answer whether this call deleted it.
+
+    Idempotent: a refused delete whose code is no longer there (deleted already) is no error.
+    A refusal while the same discount is still there raises; a code now held by another
+    discount (not ours any more) is left alone.
+    """
+    try:
+        admin.execute_mutation(
+            shop, token, DISCOUNT_CODE_DELETE, {"id": coupon.discount_id}, "discountCodeDelete"
+        )
+    except UserErrors:
+        node = lookup_coupon(admin, shop, token, coupon.code)
+        if node is not None and str(node.get("id")) == coupon.discount_id:
+            raise
+        return False
+    return True
 
 
 # -- the bulk path ----------------------------------------------------------------------------
