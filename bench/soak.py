@@ -33,6 +33,7 @@ ratio < 1.10), ``soak_failed_requests`` (against all requests made, goal 0) and
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -46,6 +47,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import redis
 import requests
@@ -300,6 +302,20 @@ def growth(samples: list[Sample], total: float, every: float, what: str) -> tupl
 # -- the end checks ---------------------------------------------------------------------------
 
 
+def _show_orphan(conn: redis.Redis, discount: dict[str, Any]) -> None:
+    """A discount code no step_done names: its customer's decision log and enrolments, for
+    whoever looks into it (what created it, and what the step did next)."""
+    from worker import decision_log, enrolment_store
+
+    note(f"orphan code {discount['code']}: {json.dumps(discount, default=str)[:400]}")
+    for cid in discount.get("customer_ids") or []:
+        for entry in decision_log.read(conn, SHOP, int(cid), limit=40):
+            note(f"  log {cid}: {json.dumps(entry, default=str)[:300]}")
+        for seq_id in ("four-walls", "milestone-3", "birthday"):
+            raw = enrolment_store.load_raw(conn, SHOP, seq_id, int(cid))
+            note(f"  enrolment {cid} {seq_id}: {raw!r}"[:300])
+
+
 def check(
     conn: redis.Redis, sent: Sent, customers: list[Customer], installed_at: datetime, run: Run
 ) -> dict[str, int]:
@@ -368,10 +384,14 @@ def check(
             if coupon:
                 coupons.add(str(coupon).upper())
         run.problems["step done twice"] += sum(n - 1 for n in done.values() if n > 1)
-    codes = [str(d["code"]).upper() for d in store.all(SHOP, "discounts")]
+    discounts = store.all(SHOP, "discounts")
+    codes = [str(d["code"]).upper() for d in discounts]
     counts["discount codes on the devstore"] = len(codes)
     counts["coupons in step_done entries"] = len(coupons)
     run.problems["discount code with no step_done"] += len(set(codes) - coupons)
+    for d in discounts:
+        if str(d["code"]).upper() not in coupons:
+            _show_orphan(conn, d)
     run.problems["coupon logged but not on the devstore"] += len(coupons - set(codes))
     counts["Flow triggers on the devstore"] = int(conn.llen(f"devstore:{SHOP}:flow_triggers"))
     return dict(counts)
