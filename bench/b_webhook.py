@@ -43,8 +43,8 @@ import redis
 from cryptography.fernet import Fernet
 
 from bench.figures import Figure
-from bench.harness import ROOT, free_port, note, private_redis, python, spawn, stop, wait_http
-from plugin.cli import KEEP_ALIVE_SECONDS
+from bench.harness import ROOT, free_port, note, private_redis, spawn, stop, wait_http
+from plugin.cli import gunicorn_command
 
 FIGURES = ("webhook_receive", "webhook_p99_ms")
 
@@ -108,18 +108,11 @@ def install(redis_url: str, env: dict[str, str]) -> None:
 
 
 def gunicorn_args(port: str) -> list[str]:
-    """What ``kizuna web --workers WORKERS --threads THREADS`` runs (``plugin.cli._web``), with
-    the benchmark's app module in place of ``plugin.wsgi:app``."""
-    return python(
-        "-m", "gunicorn",
-        "--bind", f"127.0.0.1:{port}",
-        "--workers", WORKERS,
-        "--threads", THREADS,
-        "--keep-alive", str(KEEP_ALIVE_SECONDS),
-        "--access-logfile", "-",
-        "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
-        "bench.webhook_app:make_app()",
-    )  # fmt: skip
+    """What ``kizuna web --workers WORKERS --threads THREADS`` runs, with the benchmark's app
+    in place of ``plugin.wsgi:app``."""
+    return gunicorn_command(
+        f"127.0.0.1:{port}", int(WORKERS), int(THREADS), "bench.webhook_app:make_app()"
+    )
 
 
 @contextmanager

@@ -87,16 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 KEEP_ALIVE_SECONDS = 75
 
 
-def _web(settings: Settings, args: argparse.Namespace) -> int:
-    from .connections import check_durable, connect
-
-    if settings.production:
-        check_durable(connect(settings.redis_url))
-    cmd = [
+def gunicorn_command(
+    bind: str, workers: int, threads: int, app: str = "plugin.wsgi:app"
+) -> list[str]:
+    """The gunicorn command line ``kizuna web`` runs (the webhook benchmark runs it too)."""
+    return [
         sys.executable, "-m", "gunicorn",
-        "--bind", f"{args.host}:{args.port}",
-        "--workers", str(args.workers),
-        "--threads", str(args.threads),
+        "--bind", bind,
+        "--workers", str(workers),
+        "--threads", str(threads),
         # Longer than a proxy's or a client's idle timeout (nginx 60 s, most load balancers 60 s):
         # with gunicorn's 2 s, a request sent on a reused connection just as gunicorn closed it
         # was reset before it reached the app (one in 65,000 in the soak).
@@ -104,8 +103,16 @@ def _web(settings: Settings, args: argparse.Namespace) -> int:
         # The path only (%(U)s), never the query: the admin's id_token travels there.
         "--access-logfile", "-",
         "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
-        "plugin.wsgi:app",
+        app,
     ]  # fmt: skip
+
+
+def _web(settings: Settings, args: argparse.Namespace) -> int:
+    from .connections import check_durable, connect
+
+    if settings.production:
+        check_durable(connect(settings.redis_url))
+    cmd = gunicorn_command(f"{args.host}:{args.port}", args.workers, args.threads)
     os.execv(sys.executable, cmd)
     return 0  # pragma: no cover
 

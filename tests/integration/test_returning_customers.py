@@ -78,11 +78,9 @@ def run_backfill(stack: Stack) -> None:
     stack.work()  # the evaluation of the active sequences the backfill schedules
 
 
-def order_without_its_summary(stack: Stack, cid: int, product: dict[str, Any]) -> dict[str, Any]:
-    """A new order whose ``orders/create`` is delivered while its purchasing summary is still
-    on the way (Shopify guarantees no order between topics); answer the order."""
-    store = quiet_store(stack)
-    record = store.create_order(
+def place_order(stack: Stack, cid: int, product: dict[str, Any]) -> dict[str, Any]:
+    """The customer orders one of ``product`` at Shopify; no webhook is sent yet."""
+    return quiet_store(stack).create_order(
         SHOP,
         {
             "customer": {"id": cid},
@@ -90,7 +88,13 @@ def order_without_its_summary(stack: Stack, cid: int, product: dict[str, Any]) -
             "financial_status": "paid",
         },
     )
-    stack.devstore.emit(SHOP, "orders/create", payloads.order(store, SHOP, record))
+
+
+def order_without_its_summary(stack: Stack, cid: int, product: dict[str, Any]) -> dict[str, Any]:
+    """A new order whose ``orders/create`` is delivered while its purchasing summary is still
+    on the way (Shopify guarantees no order between topics); answer the order."""
+    record = place_order(stack, cid, product)
+    stack.devstore.emit(SHOP, "orders/create", payloads.order(quiet_store(stack), SHOP, record))
     return record
 
 
@@ -196,15 +200,7 @@ def test_a_backfilled_count_naming_an_order_we_do_not_hold_is_anchored_by_it(
     ctx = Context(conn=stack.conn, settings=stack.settings, clock=stack.clock)
     assert backfill.handle_start(ctx, SHOP) == "started"
     complete_export(stack, "orders")
-    store = quiet_store(stack)
-    late = store.create_order(
-        SHOP,
-        {
-            "customer": {"id": cid},
-            "line_items": [{"variant_id": product["variants"][0]["id"], "quantity": 1}],
-            "financial_status": "paid",
-        },
-    )
+    late = place_order(stack, cid, product)
     for _ in range(5):
         if backfill.handle_poll(ctx, SHOP) == "done":
             break
@@ -216,7 +212,7 @@ def test_a_backfilled_count_naming_an_order_we_do_not_hold_is_anchored_by_it(
     assert earlier_orders(profile) == 1
     assert profile.shopify_last_order_id == late["id"]
 
-    stack.devstore.emit(SHOP, "orders/create", payloads.order(store, SHOP, late))
+    stack.devstore.emit(SHOP, "orders/create", payloads.order(quiet_store(stack), SHOP, late))
     stack.devstore.flush_webhooks()
     stack.work()
     profile = profile_store.load(stack.conn, SHOP, cid)
