@@ -328,7 +328,7 @@ def check(
 
     from devstore.state import Store
     from plugin.clock import DevClock
-    from worker import decision_log, deliveries, enrolment_store, profile_store
+    from worker import coupon_ledger, decision_log, deliveries, enrolment_store, profile_store
     from worker.backfill import ORDER_DAYS
     from worker.queues import ALL_QUEUES, get_queue
 
@@ -393,6 +393,12 @@ def check(
         if str(d["code"]).upper() not in coupons:
             _show_orphan(conn, d)
     run.problems["coupon logged but not on the devstore"] += len(coupons - set(codes))
+    withdrawn = sum(
+        1 for cid in ids for e in decision_log.read(conn, SHOP, cid)
+        if e.get("decision") == "coupon_deleted"
+    )  # fmt: skip
+    counts["coupons withdrawn (created, step not recorded)"] = withdrawn
+    counts["coupon codes still in the ledger"] = int(conn.hlen(coupon_ledger.ledger_key(SHOP)))
     counts["Flow triggers on the devstore"] = int(conn.llen(f"devstore:{SHOP}:flow_triggers"))
     return dict(counts)
 

@@ -18,7 +18,8 @@ Keys:
 
 Every state change goes through :func:`commit`, one Lua script: a compare-and-set on the
 enrolment (the caller names the encoding it read), then the schedule, the counters, the
-customer's last-step time and their decision log, all at once. A caller that lost the race
+customer's last-step time, their decision log and the step's coupon in the
+:mod:`~worker.coupon_ledger`, all at once. A caller that lost the race
 reads again and decides again; nothing is ever half written.
 
 The compact encoding is :meth:`crm.enrolment.Enrolment.encode`'s layout with numbers in base 36
@@ -39,7 +40,7 @@ import redis
 from crm.decisions import Decision
 from crm.enrolment import Enrolment
 
-from . import decision_log
+from . import coupon_ledger, decision_log
 
 BUCKETS = 16384
 SHOPS_DUE = "kizuna:due:shops"
@@ -236,9 +237,15 @@ end
 if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[5], ARGV[1], ARGV[7])
 end
+if ARGV[9] ~= '' then
+  local held = redis.call('HGET', KEYS[7], ARGV[4])
+  if held and string.sub(held, 1, #ARGV[9] + 1) == ARGV[9] .. '|' then
+    redis.call('HDEL', KEYS[7], ARGV[4])
+  end
+end
 local n = tonumber(ARGV[8])
-if #ARGV > 8 then
-  for i = 9, #ARGV do redis.call('RPUSH', KEYS[6], ARGV[i]) end
+if #ARGV > 9 then
+  for i = 10, #ARGV do redis.call('RPUSH', KEYS[6], ARGV[i]) end
   redis.call('LTRIM', KEYS[6], -n, -1)
 end
 return 1
@@ -285,6 +292,7 @@ def _commit_call(
     new: Enrolment | None,
     last_step_at: datetime | None,
     log: Iterable[Decision | Mapping[str, Any]],
+    release: str | None = None,
 ) -> tuple[list[str], list[str]]:
     raw_new = encode(new) if new is not None else ""
     due = ""
@@ -298,6 +306,7 @@ def _commit_call(
         stats_key(shop, sequence_id),
         last_key(shop, customer_id),
         decision_log.log_key(shop, customer_id),
+        coupon_ledger.ledger_key(shop),
     ]
     args = [
         str(int(customer_id)),
@@ -308,6 +317,7 @@ def _commit_call(
         shop,
         str(int(last_step_at.timestamp())) if last_step_at else "",
         str(decision_log.CAP),
+        release or "",
         *lines,
     ]
     return keys, args
@@ -323,10 +333,16 @@ def commit(
     *,
     last_step_at: datetime | None = None,
     log: Iterable[Decision | Mapping[str, Any]] = (),
+    release: str | None = None,
 ) -> bool:
     """Replace the enrolment encoded as ``expected`` (``None``: absent) by ``new`` (``None``:
-    delete), reschedule it, and log ``log``; answer False (nothing written) if it changed."""
-    keys, args = _commit_call(shop, customer_id, sequence_id, expected, new, last_step_at, log)
+    delete), reschedule it, and log ``log``; answer False (nothing written) if it changed.
+
+    ``release``: the coupon code of the step this commit records, taken out of the
+    :mod:`~worker.coupon_ledger` in the same script (held, never recorded, is what stays)."""
+    keys, args = _commit_call(
+        shop, customer_id, sequence_id, expected, new, last_step_at, log, release
+    )
     return bool(_script(conn, "commit", _COMMIT)(keys=keys, args=args))
 
 

@@ -224,11 +224,12 @@ def run_forever(
 ) -> None:
     """Tick every ``interval`` seconds until ``stop()`` (the ``kizuna scheduler`` loop).
 
-    Each pass also lets every installed shop's reconcile job and segment refresh
-    (:mod:`worker.segment_refresh`: dormant and churned lists that move with time) be enqueued
-    once per period (each ``schedule_all`` keeps its period, so several schedulers may call it).
+    Each pass also lets every installed shop's reconcile job, segment refresh
+    (:mod:`worker.segment_refresh`: dormant and churned lists that move with time) and coupon
+    sweep (:mod:`worker.coupon_withdrawal`) be enqueued once per period (each ``schedule_all``
+    keeps its period, so several schedulers may call it).
     """
-    from worker import segment_refresh
+    from worker import coupon_withdrawal, segment_refresh
     from worker.reconcile import schedule_all
 
     while not stop():
@@ -238,6 +239,7 @@ def run_forever(
             tick(conn, at)
             schedule_all(conn, at)
             segment_refresh.schedule_all(conn, at)
+            coupon_withdrawal.schedule_all(conn, at)
         except redis.RedisError as exc:
             log.warning("tick failed, will try again: %s", exc)
         sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -10,7 +10,9 @@
   write the effects to Shopify **first** and only then store the advanced enrolment, the
   customer's last-step time and the decisions in one compare-and-set
   (:func:`worker.enrolment_store.commit`). A crash between the two re-runs the same step with
-  the same deterministic effects (same tags, same coupon code): one tag state, one coupon.
+  the same deterministic effects (same tags, same coupon code): one tag state, one coupon. A
+  coupon whose step is never recorded (the enrolment moved on first) is withdrawn
+  (:mod:`worker.coupon_ledger`, :mod:`worker.coupon_withdrawal`).
 - :func:`run_batch` / :func:`finish_batch` — hundreds or thousands of customers due at the same
   step at once: tags and metafields go through bulk mutations; each customer's enrolment is
   committed when the operation has finished, and a customer whose line failed falls back to
@@ -41,6 +43,7 @@ from rq import Queue, Retry, get_current_job
 from crm.analytics import is_held_out
 from crm.decisions import Decision
 from crm.enrolment import (
+    DiscountSpec,
     Enrolment,
     Evaluation,
     ShopRules,
@@ -67,6 +70,8 @@ from plugin.tokens import fresh_access_token
 
 from . import (
     bulk,
+    coupon_ledger,
+    coupon_withdrawal,
     decision_log,
     enrolment_store,
     profile_store,
@@ -356,6 +361,10 @@ def give_up(ctx: Context, shop: str, customer_id: int, sequence_id: str, exc: Ex
         if enrolment_store.commit(conn, shop, customer_id, sequence_id, raw, failed, log=[entry]):
             enrolment_store.mark_failed(conn, shop, customer_id, sequence_id, str(exc))
             log.warning("step given up after retries: %s", exc, extra={"shop": shop})
+            try:
+                coupon_withdrawal.settle(ctx, shop, customer_id, sequence_id, failed)
+            except TransientShopifyError:
+                pass  # Shopify still failing: the sweep withdraws the code later
             return True
     return False
 
@@ -363,10 +372,11 @@ def give_up(ctx: Context, shop: str, customer_id: int, sequence_id: str, exc: Ex
 def handle_step(ctx: Context, shop: str, customer_id: int, sequence_id: str) -> str:
     """Run the customer's due step, retrying the compare-and-set against fresh state.
 
-    A lost commit after this run created the step's coupon leaves a code in Shopify that no
-    ``step_done`` records. When the state seen next does not run that same step with that
-    same code (the customer exited, the enrolment restarted or a yearly cycle turned over),
-    the code is withdrawn (:func:`_withdraw`); the same step runs again and finds it instead.
+    Every state loaded settles the enrolment's coupon ledger first
+    (:func:`worker.coupon_withdrawal.settle`): a coupon created for a step that was never
+    recorded, by this job (its commit lost) or by an earlier one that stopped, is withdrawn
+    once the enrolment is no longer at that step. A token replaced after a 401 runs the step
+    again here with the new token (once), instead of handing it to RQ's retry.
     """
     conn, now = ctx.conn, ctx.clock.now()
     try:
@@ -374,26 +384,26 @@ def handle_step(ctx: Context, shop: str, customer_id: int, sequence_id: str) -> 
     except ShopUnavailable:
         reauth.pause_step(conn, shop, customer_id, sequence_id, now, PAUSE_RETRY)
         return "paused"
-    orphan: writeback.Coupon | None = None  # created by this job, its commit lost
+    created: writeback.Coupon | None = None  # by this job, its commit lost
+    replaced = False
     for _ in range(MAX_RACES):
         raw = enrolment_store.load_raw(conn, shop, sequence_id, customer_id)
-        if raw is None:
-            _withdraw(ctx, shop, customer_id, sequence_id, orphan, now)
+        enr = enrolment_store.decode(customer_id, sequence_id, raw) if raw is not None else None
+        coupon_withdrawal.settle(ctx, shop, customer_id, sequence_id, enr, created)
+        created = None
+        if raw is None or enr is None:
             gone = enrolment_store.member(customer_id, sequence_id)
             conn.zrem(enrolment_store.due_key(shop), gone)
             return "gone"
-        enr = enrolment_store.decode(customer_id, sequence_id, raw)
         if not enr.active:
-            _withdraw(ctx, shop, customer_id, sequence_id, orphan, now)
             enrolment_store.commit(conn, shop, customer_id, sequence_id, raw, enr)
             return "ended"
         seq = state.sequences.get(sequence_id, enr.version)
         profile = profile_store.load(conn, shop, customer_id)
         if seq is None or profile is None:
-            _withdraw(ctx, shop, customer_id, sequence_id, orphan, now)
-            orphan = None
             outcome = _end_without_customer(ctx, shop, enr, raw, seq, now)
             if outcome:
+                coupon_withdrawal.settle(ctx, shop, customer_id, sequence_id, None)
                 return outcome
             continue
         run = due_step(
@@ -406,75 +416,18 @@ def handle_step(ctx: Context, shop: str, customer_id: int, sequence_id: str) -> 
             segments=segments_of(profile, now, state.thresholds),
         )
         try:
-            if orphan is not None and orphan.code != _coupon_code(run):
-                _withdraw(ctx, shop, customer_id, sequence_id, orphan, now)
-                orphan = None
             done, created = _apply_run(ctx, shop, enr, raw, run, now, seq)
         except ShopUnavailable:
             reauth.pause_step(conn, shop, customer_id, sequence_id, now, PAUSE_RETRY)
             return "paused"
+        except reauth.TokenReplaced:
+            if replaced:
+                raise
+            replaced = True
+            continue
         if done is not None:
             return done
-        orphan = orphan or created
     raise ServerError(f"enrolment {customer_id}:{sequence_id} kept changing", shop=shop)
-
-
-def _coupon_code(run: StepRun) -> str | None:
-    """The code ``run`` would write, if it runs a step with a coupon."""
-    if run.kind != "run" or run.effects is None or run.effects.discount is None:
-        return None
-    return run.effects.discount.code
-
-
-def _code_committed(conn: redis.Redis, shop: str, customer_id: int, code: str) -> bool:
-    """Whether a committed ``step_done`` names ``code``: another job ran the same step (it
-    found the coupon this job created) and won the race; then the code is that step's."""
-    for entry in decision_log.read(conn, shop, customer_id):
-        written = (entry.get("detail") or {}).get("written") or {}
-        if entry.get("decision") == "step_done" and written.get("coupon") == code:
-            return True
-    return False
-
-
-def _withdraw(
-    ctx: Context,
-    shop: str,
-    customer_id: int,
-    sequence_id: str,
-    coupon: writeback.Coupon | None,
-    now: datetime,
-) -> None:
-    """Delete a coupon this job created for a step whose commit it lost, and log why.
-
-    Only a coupon this job *created* gets here (never one it found), and only if no committed
-    step claims its code. The delete is idempotent (a code gone already is no error). What
-    remains possible: a crash, a transient error or a paused shop between the create and this
-    delete leaves the code in Shopify, restricted to the customer, with no ``step_done`` —
-    until the same step runs again and finds it; if that step never runs again, the orphan
-    stays (at most one per step and cycle, the code being deterministic). A paused shop or a
-    refused delete is logged and leaves the code; a transient error propagates (RQ retries
-    the job, which no longer knows the code: it stays as after a crash).
-    """
-    if coupon is None or _code_committed(ctx.conn, shop, customer_id, coupon.code):
-        return
-    try:
-        token = fresh_access_token(ctx.conn, ctx.settings, shop, ctx.clock)
-        with reauth.refused(ctx, shop, token):
-            deleted = writeback.delete_coupon(ctx.admin_client(), shop, token, coupon)
-    except (ShopUnavailable, PermanentShopifyError) as exc:
-        log.warning("orphan coupon %s left in Shopify: %s", coupon.code, exc, extra={"shop": shop})
-        return
-    entry = {
-        "at": now.isoformat(),
-        "customer_id": customer_id,
-        "sequence": sequence_id,
-        "decision": "coupon_deleted",
-        "reason": "step_not_committed",
-        "detail": {"code": coupon.code, "deleted_now": deleted},
-    }
-    decision_log.append(ctx.conn, shop, customer_id, [entry])
-    log.info("coupon %s withdrawn: its step was not committed", coupon.code,
-             extra={"shop": shop})  # fmt: skip
 
 
 def _end_without_customer(
@@ -511,12 +464,18 @@ def _apply_run(
         effects = None  # the customer is gone from Shopify too
     last = None
     created: writeback.Coupon | None = None
+    code = effects.discount.code if effects is not None and effects.discount else None
+
+    def hold(spec: DiscountSpec) -> None:
+        coupon_ledger.hold(conn, shop, enr, spec.code, now)
+
     if effects is not None:
         token = fresh_access_token(conn, ctx.settings, shop, ctx.clock)
         try:
             written = writeback.write_effects(
-                ctx.admin_client(), shop, token, effects, conn=conn, flow_mark=_flow_mark(shop, enr)
-            )
+                ctx.admin_client(), shop, token, effects,
+                conn=conn, flow_mark=_flow_mark(shop, enr), before_create=hold,
+            )  # fmt: skip
         except Unauthorized:
             reauth.on_unauthorized(ctx, shop, token)  # paused (ShopUnavailable) or retried
         except PermanentShopifyError as exc:
@@ -528,6 +487,7 @@ def _apply_run(
             ):
                 enrolment_store.mark_failed(conn, shop, enr.customer_id, enr.sequence_id, str(exc))
                 log.warning("step failed for good: %s", exc, extra={"shop": shop})
+                coupon_withdrawal.settle(ctx, shop, enr.customer_id, enr.sequence_id, failed)
                 return "failed", None
             return None, None
         decisions = _with_written(decisions, written)
@@ -537,7 +497,7 @@ def _apply_run(
             last = now
     ok = enrolment_store.commit(
         conn, shop, enr.customer_id, enr.sequence_id, raw, run.enrolment,
-        last_step_at=last, log=decisions,
+        last_step_at=last, log=decisions, release=code,
     )  # fmt: skip
     return (run.kind, None) if ok else (None, created)
 

@@ -8,8 +8,8 @@ Every part may run again after a crash or a retry and leave the same state:
   absent; a create answered "code taken" (a concurrent or lost earlier create) is read back and
   accepted only if it is restricted to the same customer. An existing coupon keeps its expiry,
   and the metafields carry that expiry, not a recomputed one. A coupon a step created but whose
-  enrolment commit was lost is withdrawn with :func:`delete_coupon` (see
-  :func:`worker.steps.handle_step`);
+  enrolment commit never recorded it is withdrawn with :func:`delete_coupon` (see
+  :mod:`worker.coupon_withdrawal`);
 - metafields: ``metafieldsSet`` in calls of at most 25 (each call is atomic on Shopify's side);
 - Flow: ``flowTriggerReceive`` fires once per step: a marker is set after it succeeded and
   checked before. The mutation takes no idempotency key (Shopify's ``@idempotent`` directive is
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -105,11 +105,13 @@ def write_effects(
     *,
     conn: redis.Redis | None = None,
     flow_mark: str | None = None,
+    before_create: Callable[[DiscountSpec], None] | None = None,
 ) -> Written:
     """Write ``effects`` for ``shop`` (see the module docstring); answer what was written.
 
     ``conn`` and ``flow_mark`` (a key naming the step, e.g. shop/customer/sequence/cycle/step)
-    make the Flow trigger fire once.
+    make the Flow trigger fire once. ``before_create`` runs just before a coupon is created
+    (the step records the code in :mod:`worker.coupon_ledger`).
     """
     out = Written()
     gid = effects.customer_gid
@@ -126,7 +128,7 @@ def write_effects(
         out.tags_added = list(effects.tags_add)
     metafields = list(effects.metafields)
     if effects.discount is not None:
-        coupon = ensure_coupon(admin, shop, token, effects.discount)
+        coupon = ensure_coupon(admin, shop, token, effects.discount, before_create=before_create)
         out.coupon = coupon
         if coupon.ends_at:
             metafields = [
@@ -184,23 +186,39 @@ def lookup_coupon(admin: Any, shop: str, token: str, code: str) -> dict[str, Any
     return node if isinstance(node, dict) else None
 
 
-def _confirm(node: dict[str, Any], spec: DiscountSpec, shop: str) -> Coupon:
-    """An existing code is ours only if it is a basic code restricted to this one customer."""
+def restricted_to(node: dict[str, Any], customer_gid: str) -> bool:
+    """Whether a ``codeDiscountNodeByCode`` node is a basic code for this one customer only
+    (a code of ours; the merchant's own codes are never touched)."""
     basic = node.get("codeDiscount") or {}
     context = basic.get("context") or {}
     customers = {c.get("id") for c in context.get("customers") or []}
-    if basic.get("__typename") != "DiscountCodeBasic" or customers != {spec.customer_gid}:
+    return basic.get("__typename") == "DiscountCodeBasic" and customers == {customer_gid}
+
+
+def _confirm(node: dict[str, Any], spec: DiscountSpec, shop: str) -> Coupon:
+    """An existing code is ours only if it is a basic code restricted to this one customer."""
+    basic = node.get("codeDiscount") or {}
+    if not restricted_to(node, spec.customer_gid):
         raise PermanentShopifyError(
             f"code {spec.code} exists but is not restricted to {spec.customer_gid}", shop=shop
         )
     return Coupon(spec.code, str(node.get("id")), basic.get("endsAt"), created=False)
 
 
-def ensure_coupon(admin: Any, shop: str, token: str, spec: DiscountSpec) -> Coupon:
+def ensure_coupon(
+    admin: Any,
+    shop: str,
+    token: str,
+    spec: DiscountSpec,
+    *,
+    before_create: Callable[[DiscountSpec], None] | None = None,
+) -> Coupon:
     """The customer's coupon, created if absent; never a second one."""
     existing = lookup_coupon(admin, shop, token, spec.code)
     if existing is not None:
         return _confirm(existing, spec, shop)
+    if before_create is not None:
+        before_create(spec)
     try:
         payload = admin.execute_mutation(
             shop, token, DISCOUNT_CODE_BASIC_CREATE, {"basicCodeDiscount": spec.graphql_input()},

@@ -51,6 +51,13 @@ def test_dropped_webhooks_are_repaired_by_the_next_reconcile(
         repaired = profile_store.load(devstore.conn, SHOP, cid)
         assert repaired is not None
         assert view(repaired) == view(webhook_profile(store, SHOP, cid))
+    # Shopify's count and its last order (``lastOrder``) together, as the backfill reads them.
+    newest = max((o for o in store.all(SHOP, "orders") if o.get("customer_id") == target),
+                 key=lambda o: (o["created_at"], o["id"]))  # fmt: skip
+    repaired = profile_store.load(devstore.conn, SHOP, target)
+    assert repaired is not None and repaired.shopify_last_order_id == newest["id"]
+    fresh = profile_store.load(devstore.conn, SHOP, newcomer["id"])
+    assert fresh is not None and fresh.shopify_last_order_id is None
 
     before = {k: devstore.conn.get(k) for k in devstore.conn.scan_iter(f"kizuna:{SHOP}:profile:*")}
     again = reconcile.reconcile_shop(ctx, SHOP)

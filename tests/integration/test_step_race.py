@@ -1,11 +1,13 @@
-"""A step job's commit lost after it created the step's coupon (the soak's orphan code).
+"""A step job that created the step's coupon and did not record the step (the soak's orphan).
 
 The step job writes to Shopify (the devstore over HTTP) first and commits the enrolment
-after. Here the enrolment is changed by "someone else" right after the job's
-``discountCodeBasicCreate`` reached the devstore, so the job's compare-and-set loses, exactly
-as when an evaluation exits the customer or turns a yearly cycle over in that window. The
+after. Here something happens right after the job's ``discountCodeBasicCreate`` reached the
+devstore: the enrolment is changed by "someone else", so the job's compare-and-set loses,
+exactly as when an evaluation exits the customer or turns a yearly cycle over in that window;
+or Shopify answers the next call with a 503 or a 401, so the job stops before its commit. The
 hook is a real Admin client that runs the change once the create has returned; every call
-still goes to the devstore.
+still goes to the devstore. What must not happen: a code left in Shopify that no
+``step_done`` names, or a code of a recorded step deleted.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Any
 
 import pytest
 
+from crm.errors import PermanentShopifyError, ServerError
 from plugin import shops
 from plugin.admin_client import AdminClient, RedisBudget
 from tests.fixtures.stack import AppKeys, Installed, Stacks
 from tests.fixtures.stack import ShopStack as Stack
-from worker import decision_log, enrolment_store, steps
+from worker import coupon_ledger, coupon_withdrawal, decision_log, enrolment_store, steps
 from worker.app_events import Context, job_context
 
 KEYS = AppKeys("kizuna-race-client-id", "kizuna-race-client-secret-0123456789abcdef")
@@ -32,13 +35,18 @@ BIRTHDAY_STEP_AT = datetime(2026, 8, 1, 1, 5, tzinfo=UTC)  # 1 August, 10:05 in 
 
 
 class RacingAdmin(AdminClient):
-    """The real Admin client; ``after_create`` runs once, right after a coupon was created."""
+    """The real Admin client; ``after_create`` runs once, right after a coupon was created;
+    the mutation named ``refuse`` is answered as Shopify refusing it for good."""
 
-    after_create: Callable[[], None] | None = None
+    after_create: Callable[[], object] | None = None
+    refuse: str | None = None
 
     def execute_mutation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        field = args[4] if len(args) > 4 else None
+        if field is not None and field == self.refuse:
+            raise PermanentShopifyError(f"{field}: refused", shop=str(args[0]))
         payload = super().execute_mutation(*args, **kwargs)
-        hook, field = self.after_create, args[4] if len(args) > 4 else None
+        hook = self.after_create
         if hook is not None and field == "discountCodeBasicCreate":
             self.after_create = None
             hook()
@@ -60,9 +68,9 @@ def _due_birthday(stack: Stack, email: str) -> tuple[int, str]:
     return cid, seq_id
 
 
-def _racing_context(hook: Callable[[], None]) -> Context:
+def _racing_context(hook: Callable[[], object], **options: Any) -> Context:
     ctx = job_context()
-    admin = RacingAdmin(ctx.settings, budget=RedisBudget(ctx.conn))
+    admin = RacingAdmin(ctx.settings, budget=RedisBudget(ctx.conn), **options)
     admin.after_create = hook
     ctx.admin = admin
     return ctx
@@ -182,3 +190,143 @@ def test_deleting_a_code_twice_is_no_error(stack: Stack) -> None:
     assert writeback.delete_coupon(ctx.admin_client(), SHOP, token, coupon) is True
     assert writeback.delete_coupon(ctx.admin_client(), SHOP, token, coupon) is False
     assert _codes(stack, cid) == []
+
+
+# -- a job that stops after the create ----------------------------------------------------------
+
+
+def _withdrawn(stack: Stack, cid: int) -> list[dict[str, Any]]:
+    log = decision_log.read(stack.conn, SHOP, cid)
+    return [e for e in log if e["decision"] == "coupon_deleted"]
+
+
+def _exit(stack: Stack, cid: int, seq_id: str) -> None:
+    """End the enrolment as an evaluation does when the customer ordered."""
+    _change(stack, cid, seq_id, status="exited", due_at=None)()
+
+
+def _stopped_after_create(stack: Stack, email: str) -> tuple[int, str, str]:
+    """A birthday step whose job created the coupon and then met a 503 on ``metafieldsSet``
+    (one attempt, so the job stops there as after its last retry); answer the customer, the
+    sequence and the code, which is in Shopify and in the ledger, the step not recorded."""
+    cid, seq_id = _due_birthday(stack, email)
+    ctx = _racing_context(lambda: stack.ctl("/faults", {"next": ["503"]}), max_attempts=1)
+    with pytest.raises(ServerError):
+        steps.handle_step(ctx, SHOP, cid, seq_id)
+    codes = _codes(stack, cid)
+    held = coupon_ledger.pending(stack.conn, SHOP, cid, seq_id)
+    assert len(codes) == 1 and held is not None and held.code == codes[0]
+    assert _step_done_codes(stack, cid) == []
+    return cid, seq_id, codes[0]
+
+
+def test_a_stopped_job_whose_step_runs_again_keeps_its_code(stack: Stack) -> None:
+    """RQ's retry runs the same step: it finds the code and records it; the commit takes the
+    code out of the ledger, and nothing is deleted."""
+    cid, seq_id, code = _stopped_after_create(stack, "retry@example.com")
+
+    assert steps.handle_step(job_context(), SHOP, cid, seq_id) == "run"
+
+    assert _codes(stack, cid) == [code] and _step_done_codes(stack, cid) == [code]
+    assert coupon_ledger.pending(stack.conn, SHOP, cid, seq_id) is None
+    assert _withdrawn(stack, cid) == []
+
+
+def test_a_stopped_job_whose_customer_exited_withdraws_the_code_on_its_retry(stack: Stack) -> None:
+    """The customer exits before RQ's retry (they ordered): the retry finds the enrolment
+    ended and deletes the code the first attempt created — the soak's orphan — and logs it."""
+    cid, seq_id, code = _stopped_after_create(stack, "exited@example.com")
+    _exit(stack, cid, seq_id)
+
+    assert steps.handle_step(job_context(), SHOP, cid, seq_id) == "ended"
+
+    assert _codes(stack, cid) == [] and _step_done_codes(stack, cid) == []
+    withdrawn = _withdrawn(stack, cid)
+    assert [(e["detail"]["code"], e["detail"]["deleted_now"]) for e in withdrawn] == [(code, True)]
+    assert coupon_ledger.pending(stack.conn, SHOP, cid, seq_id) is None
+
+
+def test_the_sweep_withdraws_a_code_no_job_comes_back_for(stack: Stack) -> None:
+    """No job runs the step again (the work-horse was killed, its job lost): the periodic
+    sweep, enqueued by the scheduler loop's ``schedule_all`` and run by a worker, deletes the
+    code — but not while the step may still run, and not within the grace period."""
+    cid, seq_id, code = _stopped_after_create(stack, "sweep@example.com")
+    later = stack.clock.now() + coupon_withdrawal.GRACE + timedelta(minutes=1)
+    ctx = job_context()
+
+    assert coupon_withdrawal.sweep_shop(ctx, SHOP)["withdrawn"] == 0  # the step is still due
+    _exit(stack, cid, seq_id)
+    assert coupon_withdrawal.sweep_shop(ctx, SHOP) == {"held": 1, "withdrawn": 0, "kept": 0}
+    assert _codes(stack, cid) == [code]  # within the grace period: a job may still hold it
+
+    stack.clock.set(later)
+    assert coupon_withdrawal.schedule_all(stack.conn, later) == [SHOP]
+    stack.work()
+
+    assert _codes(stack, cid) == [] and _step_done_codes(stack, cid) == []
+    assert [e["detail"]["code"] for e in _withdrawn(stack, cid)] == [code]
+    assert coupon_ledger.pending(stack.conn, SHOP, cid, seq_id) is None
+    assert coupon_withdrawal.schedule_all(stack.conn, later) == []  # once per period
+
+
+def test_a_step_given_up_after_its_retries_withdraws_its_code(stack: Stack) -> None:
+    """The step's last retry failed too: the enrolment ends as ``failed`` and the code its
+    first attempt created does not stay behind."""
+    cid, seq_id, code = _stopped_after_create(stack, "giveup@example.com")
+
+    assert steps.give_up(job_context(), SHOP, cid, seq_id, ServerError("503", shop=SHOP))
+
+    assert _codes(stack, cid) == []
+    assert [e["detail"]["code"] for e in _withdrawn(stack, cid)] == [code]
+    log = decision_log.read(stack.conn, SHOP, cid)
+    assert [e["decision"] for e in log if e["decision"] in ("failed", "step_done")] == ["failed"]
+
+
+def test_a_step_refused_for_good_after_the_create_withdraws_its_code(stack: Stack) -> None:
+    """Shopify refuses the step's metafields for good, after the create: the step fails
+    visibly (a ``failed`` entry) and its coupon is deleted."""
+    cid, seq_id = _due_birthday(stack, "refused@example.com")
+    ctx = _racing_context(lambda: setattr(ctx.admin, "refuse", "metafieldsSet"))
+
+    assert steps.handle_step(ctx, SHOP, cid, seq_id) == "failed"
+
+    assert _codes(stack, cid) == [] and _step_done_codes(stack, cid) == []
+    assert len(_withdrawn(stack, cid)) == 1
+    assert coupon_ledger.pending(stack.conn, SHOP, cid, seq_id) is None
+
+
+def test_a_401_after_the_create_runs_the_step_again_with_the_new_token(stack: Stack) -> None:
+    """The access token expires between the create and the metafields (the dev clock moves
+    two hours): the 401 is answered by a refresh and the same job runs the step again with
+    the new token. One code, one ``step_done``, nothing deleted, no job left to retry."""
+    assert stack.open_app().status_code == 200  # token exchange: an expiring token
+    stack.work()
+    record = shops.load(stack.conn, SHOP)
+    assert record is not None and record.expires_at is not None
+    cid, seq_id = _due_birthday(stack, "expired@example.com")
+    expired = stack.clock.now() + timedelta(hours=2)
+    ctx = _racing_context(lambda: stack.clock.set(expired))
+
+    assert steps.handle_step(ctx, SHOP, cid, seq_id) == "run"
+
+    codes = _codes(stack, cid)
+    assert len(codes) == 1 and _step_done_codes(stack, cid) == codes
+    assert _withdrawn(stack, cid) == []
+    assert coupon_ledger.pending(stack.conn, SHOP, cid, seq_id) is None
+
+
+def test_a_commit_releases_only_its_own_code(stack: Stack) -> None:
+    """The commit script takes a code out of the ledger only if it is the one held: a commit
+    naming another code, or none, leaves the held code for the withdrawal."""
+    cid, seq_id = _due_birthday(stack, "ledger@example.com")
+    raw = enrolment_store.load_raw(stack.conn, SHOP, seq_id, cid)
+    assert raw is not None
+    enr = enrolment_store.decode(cid, seq_id, raw)
+    coupon_ledger.hold(stack.conn, SHOP, enr, "KZ-HELD", stack.clock.now())
+    moved = replace(enr, due_at=enr.due_at + timedelta(minutes=1) if enr.due_at else None)
+
+    assert enrolment_store.commit(stack.conn, SHOP, cid, seq_id, raw, moved, release="KZ-OTHER")
+    assert coupon_ledger.pending(stack.conn, SHOP, cid, seq_id) is not None
+    raw = enrolment_store.load_raw(stack.conn, SHOP, seq_id, cid)
+    assert enrolment_store.commit(stack.conn, SHOP, cid, seq_id, raw, enr, release="KZ-HELD")
+    assert coupon_ledger.pending(stack.conn, SHOP, cid, seq_id) is None

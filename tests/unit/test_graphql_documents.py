@@ -87,9 +87,9 @@ def test_document_costs_less_than_shopify_allows(schema: GraphQLSchema, name: st
 
 
 def test_cost_estimate_grows_with_page_size(schema: GraphQLSchema) -> None:
-    """The estimator is not a constant: asking for 250 customers a page instead of 100 is
-    estimated over the limit, which is why the document defaults to 100."""
-    text = DOCUMENTS["CustomersUpdatedSince"].text.replace("$first: Int = 100", "$first: Int = 250")
+    """The estimator is not a constant: asking for 250 customers a page instead of 90 is
+    estimated over the limit, which is why the document defaults to 90."""
+    text = DOCUMENTS["CustomersUpdatedSince"].text.replace("$first: Int = 90", "$first: Int = 250")
     assert estimate_cost(schema, parse(text)) > MAX_QUERY_COST
 
 
