@@ -57,6 +57,14 @@ def job_context() -> Context:
     return Context(conn=conn, settings=settings, clock=clock)
 
 
+def installed_context(shop: str) -> Context | None:
+    """:func:`job_context` for a job of ``shop``, or None when the shop is no longer installed
+    (a periodic job queued before an uninstall answers ``stale``)."""
+    ctx = job_context()
+    record = shops.load(ctx.conn, shop)
+    return ctx if record is not None and record.active else None
+
+
 # -- after install ------------------------------------------------------------------------------
 
 

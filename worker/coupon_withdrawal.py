@@ -25,11 +25,10 @@ import redis
 
 from crm.enrolment import Enrolment, customer_gid
 from crm.errors import PermanentShopifyError, ShopUnavailable
-from plugin import shops
 from plugin.tokens import fresh_access_token
 
 from . import coupon_ledger, decision_log, enrolment_store, periodic, reauth, writeback
-from .app_events import Context
+from .app_events import Context, installed_context
 from .coupon_ledger import Pending
 from .queues import BULK
 
@@ -173,11 +172,8 @@ def sweep_shop(ctx: Context, shop: str) -> dict[str, int]:
 
 def run(shop: str) -> dict[str, int] | str:
     """RQ job (queue ``bulk``): :func:`sweep_shop` at the worker's clock."""
-    from .app_events import job_context
-
-    ctx = job_context()
-    record = shops.load(ctx.conn, shop)
-    if record is None or not record.active:
+    ctx = installed_context(shop)
+    if ctx is None:
         return "stale"
     counts = sweep_shop(ctx, shop)
     if counts["withdrawn"] or counts["kept"]:

@@ -200,11 +200,10 @@ def refresh_shop(
 
 def run(shop: str) -> dict[str, Any] | str:
     """RQ job (queue ``bulk``): :func:`refresh_shop` at the worker's clock."""
-    from .app_events import job_context
+    from .app_events import installed_context
 
-    ctx = job_context()
-    record = shops.load(ctx.conn, shop)
-    if record is None or not record.active:
+    ctx = installed_context(shop)
+    if ctx is None:
         return "stale"
     return refresh_shop(ctx.conn, shop, ctx.clock.now()).to_dict()
 
@@ -220,11 +219,10 @@ def resave_shop(conn: redis.Redis, shop: str, now: datetime) -> dict[str, Any]:
 
 def resave(shop: str) -> dict[str, Any] | str:
     """RQ job (queue ``bulk``): :func:`resave_shop` at the worker's clock."""
-    from .app_events import job_context
+    from .app_events import installed_context
 
-    ctx = job_context()
-    record = shops.load(ctx.conn, shop)
-    if record is None or not record.active:
+    ctx = installed_context(shop)
+    if ctx is None:
         return "stale"
     return resave_shop(ctx.conn, shop, ctx.clock.now())
 
