@@ -34,6 +34,8 @@ def ledger_key(shop: str) -> str:
 
 
 def _field(customer_id: int, sequence_id: str) -> str:
+    # The same text as worker.enrolment_store.member: the commit script releases the entry
+    # under the member it schedules (that module imports this one, not the other way round).
     return f"{int(customer_id)}:{sequence_id}"
 
 

@@ -89,32 +89,36 @@ def _delete(
         raise _Kept from exc
 
 
-def _log_deleted(
-    conn: redis.Redis, shop: str, customer_id: int, sequence_id: str, code: str, now: datetime,
-    deleted: bool,
-) -> None:  # fmt: skip
+def _withdraw(
+    ctx: Context, shop: str, customer_id: int, sequence_id: str, code: str,
+    known: writeback.Coupon | None,
+) -> bool:  # fmt: skip
+    """Delete the customer's coupon ``code`` and log it as ``coupon_deleted``; answer False
+    when it must be kept for a later try (the shop refused the delete or is paused)."""
+    try:
+        deleted = _delete(ctx, shop, customer_id, code, known)
+    except _Kept:
+        return False
+    if deleted is None:
+        return True  # nothing of the customer's to delete: never created, or gone already
     entry = {
-        "at": now.isoformat(),
+        "at": ctx.clock.now().isoformat(),
         "customer_id": customer_id,
         "sequence": sequence_id,
         "decision": "coupon_deleted",
         "reason": "step_not_committed",
         "detail": {"code": code, "deleted_now": deleted},
     }
-    decision_log.append(conn, shop, customer_id, [entry])
+    decision_log.append(ctx.conn, shop, customer_id, [entry])
     log.info("coupon %s withdrawn: its step was not committed", code, extra={"shop": shop})
+    return True
 
 
 def withdraw_held(ctx: Context, shop: str, entry: Pending, known: writeback.Coupon | None) -> bool:
     """Delete the coupon of a stale ledger ``entry`` and drop the entry; answer whether the
     entry is gone (False: the shop refused or is paused, the entry stays for a later try)."""
-    try:
-        deleted = _delete(ctx, shop, entry.customer_id, entry.code, known)
-    except _Kept:
+    if not _withdraw(ctx, shop, entry.customer_id, entry.sequence_id, entry.code, known):
         return False
-    if deleted is not None:
-        _log_deleted(ctx.conn, shop, entry.customer_id, entry.sequence_id, entry.code,
-                     ctx.clock.now(), deleted)  # fmt: skip
     coupon_ledger.forget(ctx.conn, shop, entry)
     return True
 
@@ -141,14 +145,8 @@ def settle(
             return
     if created is None or (entry is not None and entry.code == created.code):
         return
-    if code_committed(ctx.conn, shop, customer_id, created.code):
-        return
-    try:
-        deleted = _delete(ctx, shop, customer_id, created.code, created)
-    except _Kept:
-        return
-    _log_deleted(ctx.conn, shop, customer_id, sequence_id, created.code, ctx.clock.now(),
-                 bool(deleted))  # fmt: skip
+    if not code_committed(ctx.conn, shop, customer_id, created.code):
+        _withdraw(ctx, shop, customer_id, sequence_id, created.code, created)
 
 
 def sweep_shop(ctx: Context, shop: str) -> dict[str, int]:
